@@ -1,0 +1,52 @@
+"""Batched image augmentation: one affine warp per sample, computed for the whole batch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class AugmentConfig:
+    """Random affine augmentation applied to training batches (off by default)."""
+
+    enabled: bool = False
+    degrees: float = 10.0  # rotation in [-degrees, degrees]
+    translate: float = 0.1  # shift up to this fraction of height/width
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    shear: float = 0.0  # shear angle in [-shear, shear] degrees
+
+
+class RandomAffine:
+    """Warps each image of a float batch ``(N, C, H, W)`` by its own random affine map."""
+
+    def __init__(self, config: AugmentConfig) -> None:
+        self.config = config
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        cfg = self.config
+        n = images.shape[0]
+
+        def uniform(low: float, high: float) -> Tensor:
+            return torch.rand(n, generator=generator) * (high - low) + low
+
+        angle = uniform(-cfg.degrees, cfg.degrees) * (math.pi / 180)
+        shear = uniform(-cfg.shear, cfg.shear) * (math.pi / 180)
+        scale = uniform(cfg.scale_min, cfg.scale_max)
+        tx = uniform(-cfg.translate, cfg.translate) * 2
+        ty = uniform(-cfg.translate, cfg.translate) * 2
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [
+                torch.stack([cos, -sin + torch.tan(shear) * cos, tx], dim=1),
+                torch.stack([sin, cos, ty], dim=1),
+            ],
+            dim=1,
+        ).to(images.device, images.dtype)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,34 @@
+"""The batch every stage and the trainer agree on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """Images right-padded to the widest one, each sample's real width, and targets.
+
+    ``targets`` holds class ids ``(N,)`` for classification, or label ids ``(N, L)`` right-padded
+    with ``target_lengths`` ``(N,)`` for sequences.
+    """
+
+    images: Tensor
+    widths: Tensor
+    targets: Tensor
+    target_lengths: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """The same batch with every tensor on ``device``."""
+        moved = {
+            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)

@@ -1,0 +1,199 @@
+"""Run configs: OmegaConf YAML validated against typed dataclasses.
+
+The engine's own sections (``trainer``, ``model.collapse`` ...) are the dataclasses below;
+each component section (``data``, ``model.backbone``, ``model.encoder``, ``model.head``) is
+validated against the config dataclass its plugin registered under ``name``. Errors name the
+file and the full key path, and suggest the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+from .errors import ConfigError
+from .registry import Registry, suggest
+
+#: Where each component section lives and which kind of component it names.
+COMPONENT_SECTIONS = {
+    "data": "dataset",
+    "model.backbone": "backbone",
+    "model.encoder": "encoder",
+    "model.head": "head",
+}
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adam | adamw | sgd
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    momentum: float = 0.9  # sgd
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "onecycle"  # constant | cosine | onecycle | step
+    warmup_epochs: float = 0.0  # linear warm-up, for constant, cosine and step
+    pct_start: float = 0.25  # onecycle: fraction of training spent rising
+    final_lr_ratio: float = 0.01  # cosine, onecycle: last lr = lr * final_lr_ratio
+    step_epochs: int = 1  # step: decay every this many epochs
+    gamma: float = 0.1  # step: decay factor
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    max_steps: int = 0  # stop after this many optimizer steps in all (0: no limit)
+    grad_clip: float = 0.0  # max gradient norm (0: off)
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (GPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # torch CPU threads (0: all cores)
+    log_every: int = 100  # plain progress line every N steps when stdout is not a terminal
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass
+class ModelConfig:
+    collapse: str = "flatten"  # how feature-map height becomes features: flatten | mean
+    backbone: Any = field(default_factory=lambda: {"name": "cnn"})
+    encoder: Any = field(default_factory=lambda: {"name": "lstm"})
+    head: Any = field(default_factory=lambda: {"name": "softmax"})
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"  # runs go to <output_dir>/<name>/<timestamp>/
+    seed: int = 0
+    output_dir: str = "runs"
+    data: Any = field(default_factory=lambda: {"name": "mnist"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _schema_error(exc: Exception, prefix: str, source: str, fields: list[str] | None = None) -> ConfigError:
+    """Turn an OmegaConf error into a one-line ConfigError with the full key path."""
+    key = getattr(exc, "full_key", None) or ""
+    full = ".".join(p for p in (prefix, str(key)) if p)
+    if isinstance(exc, oc_errors.ConfigKeyError):
+        bad = str(getattr(exc, "key", key)).split(".")[-1]
+        hint = suggest(bad, fields) if fields else ""
+        valid = f" (valid keys: {', '.join(fields)})" if fields else ""
+        return ConfigError(f"{source}: {full}: unknown key{hint}{valid}")
+    message = str(getattr(exc, "msg", exc)).splitlines()[0]
+    return ConfigError(f"{source}: {full}: {message}")
+
+
+def _fields_at(schema: DictConfig, key: str) -> list[str] | None:
+    """Valid keys of the mapping that holds ``key`` in ``schema`` (for suggestions)."""
+    node: Any = schema
+    for part in str(key).split(".")[:-1]:
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node[part]
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else None
+
+
+def _merge(schema: DictConfig, user: Any, prefix: str, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, user)
+    except oc_errors.OmegaConfBaseException as exc:
+        raise _schema_error(exc, prefix, source, _fields_at(schema, getattr(exc, "full_key", "") or "")) from None
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Read a YAML config and apply ``key=value`` overrides (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        user = OmegaConf.load(path)
+    except (yaml.YAMLError, oc_errors.OmegaConfBaseException, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML: {detail}") from None
+    if not isinstance(user, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}': expected key=value, e.g. trainer.epochs=3")
+    try:
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+    except oc_errors.OmegaConfBaseException as exc:
+        raise ConfigError(f"overrides {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+    return OmegaConf.merge(user, dotlist)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{source}: {key}: '{value}' is not one of {', '.join(choices)}{suggest(str(value), choices)}")
+
+
+def _check_positive(value: float, key: str, source: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{source}: {key}: must be {bound}, got {value}")
+
+
+def component_config(registry: Registry, cfg: DictConfig, section: str, source: str = "config") -> Any:
+    """The typed config (a dataclass instance) of one component section, validated."""
+    kind = COMPONENT_SECTIONS[section]
+    node = OmegaConf.select(cfg, section)
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{source}: {section}: expected a mapping with a 'name' key")
+    name = node.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"{source}: {section}.name: a {kind} name is required (available: {', '.join(registry.names(kind))})")
+    component = registry.get(kind, name, key=f"{source}: {section}.name")
+    options = OmegaConf.create({k: v for k, v in node.items_ex(resolve=False) if k != "name"})
+    try:
+        schema = OmegaConf.structured(component.config)
+    except oc_errors.OmegaConfBaseException as exc:
+        raise ConfigError(f"{kind} '{name}' from plugin '{component.provider}' has an invalid config class: {exc}") from None
+    typed = _merge(schema, options, section, source)
+    return OmegaConf.to_object(typed)
+
+
+def resolve(cfg: DictConfig, registry: Registry, source: str = "config") -> DictConfig:
+    """Validate a loaded config and fill in every default; the result is what a run uses.
+
+    ``source`` (the file name) prefixes every error message.
+    """
+    resolved = _merge(OmegaConf.structured(RunConfig), cfg, "", source)
+    out = OmegaConf.to_container(resolved, resolve=True)
+    for section in COMPONENT_SECTIONS:
+        typed = component_config(registry, resolved, section, source)
+        parent, _, leaf = section.rpartition(".")
+        target = out[parent] if parent else out
+        target[leaf] = {"name": OmegaConf.select(resolved, section).name, **dataclasses.asdict(typed)}
+    t = resolved.trainer
+    _check_choice(t.precision, PRECISIONS, "trainer.precision", source)
+    _check_choice(t.optimizer.name, ("adam", "adamw", "sgd"), "trainer.optimizer.name", source)
+    _check_choice(t.scheduler.name, ("constant", "cosine", "onecycle", "step"), "trainer.scheduler.name", source)
+    _check_choice(resolved.model.collapse, ("flatten", "mean"), "model.collapse", source)
+    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        _check_positive(t[key], f"trainer.{key}", source)
+    _check_positive(t.optimizer.lr, "trainer.optimizer.lr", source)
+    for key in ("max_steps", "grad_clip", "num_threads"):
+        _check_positive(t[key], f"trainer.{key}", source, allow_zero=True)
+    return OmegaConf.create(out)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The config as YAML text, as saved in run directories and printed by ``crnnfw config``."""
+    return OmegaConf.to_yaml(cfg)
+
+
+def as_container(cfg: DictConfig | ListConfig) -> Any:
+    """Plain dicts and lists (for checkpoints and JSON)."""
+    return OmegaConf.to_container(cfg, resolve=True)

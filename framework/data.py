@@ -1,0 +1,114 @@
+"""Datasets as in-memory tensors, sliced and augmented a whole batch at a time.
+
+A dataset plugin returns a :class:`DataModule`. Its splits yield :class:`Batch` objects;
+:class:`TensorSplit` covers data that fits in memory as uint8 images (the fast path: no
+per-sample Python code), and any object with the same two methods may stand in its place
+(for instance a split that composes new samples every epoch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import torch
+from torch import Tensor
+
+from omegaconf import DictConfig
+
+from .batch import Batch
+from .config import component_config
+from .errors import DataError
+from .registry import Registry
+
+BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class Split(Protocol):
+    """What the trainer needs of a split."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Yield batches covering the split once (the last one may be smaller)."""
+        ...
+
+
+@dataclass
+class DataModule:
+    """A dataset: its splits, its vocabulary and the image geometry (height, width range) the model is built for."""
+
+    train: Split
+    test: Split
+    classes: tuple[str, ...]
+    channels: int
+    height: int
+    min_width: int
+    max_width: int
+
+
+class TensorSplit:
+    """A split held as uint8 images ``(N, C, H, W)`` (right-padded), widths and targets.
+
+    ``transform`` (training augmentation) receives each float batch in ``[0, 1]`` and the
+    split's random generator.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        *,
+        widths: Tensor | None = None,
+        target_lengths: Tensor | None = None,
+        transform: BatchTransform | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(f"TensorSplit expects uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) == 0:
+            raise DataError("the dataset split is empty")
+        if len(targets) != len(images):
+            raise DataError(f"{len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = targets
+        self.widths = widths if widths is not None else torch.full((len(images),), images.shape[-1], dtype=torch.long)
+        self.target_lengths = target_lengths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        n = len(self.images)
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
+            widths = self.widths[idx]
+            images = self.images[idx]
+            width = int(widths.max())
+            if width < images.shape[-1]:
+                images = images[..., :width]
+            images = images.float().div_(255.0)
+            if self.transform is not None:
+                images = self.transform(images, generator)
+            lengths = self.target_lengths[idx] if self.target_lengths is not None else None
+            if lengths is not None:
+                targets = self.targets[idx][:, : int(lengths.max())]
+            else:
+                targets = self.targets[idx]
+            yield Batch(images, widths, targets, lengths)
+
+
+def build_data(cfg: DictConfig, registry: Registry) -> DataModule:
+    """The dataset a resolved config names, checked to be usable."""
+    component = registry.get("dataset", cfg.data.name, key="data.name")
+    data = component.factory(component_config(registry, cfg, "data"))
+    if not isinstance(data, DataModule):
+        raise DataError(
+            f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') returned "
+            f"{type(data).__name__}, not a crnnfw.DataModule"
+        )
+    for split in ("train", "test"):
+        if len(getattr(data, split)) == 0:
+            raise DataError(f"data: dataset '{cfg.data.name}' has an empty {split} split; check data.root and the limits")
+    return data

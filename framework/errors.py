@@ -1,0 +1,35 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class CrnnfwError(Exception):
+    """Base class for user-facing errors: the message says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(CrnnfwError):
+    """A config file or override is invalid."""
+
+
+class PluginError(CrnnfwError):
+    """A plugin failed to load or registered something invalid."""
+
+
+class DataError(CrnnfwError):
+    """Data is missing, corrupt or inconsistent with the model."""
+
+
+class ModelError(CrnnfwError):
+    """The assembled model breaks a stage contract."""
+
+
+class CheckpointError(CrnnfwError):
+    """A checkpoint cannot be read or does not fit."""
+
+
+class TrainingError(CrnnfwError):
+    """Training cannot go on (for example a non-finite loss)."""
+
+    exit_code = 1

@@ -1,0 +1,136 @@
+"""Assemble backbone, encoder and head into one model, and check it before training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from .config import component_config
+from .data import DataModule
+from .errors import ModelError
+from .registry import Registry
+from .stages import Backbone, Head, SequenceEncoder
+
+
+def collapse_height(features: Tensor, mode: str) -> Tensor:
+    """Features ``(N, D, H, W)`` to a sequence ``(N, W, D*H)`` (flatten) or ``(N, W, D)`` (mean).
+
+    A fixed op rather than adaptive pooling, so exported models keep a dynamic width.
+    """
+    if mode == "mean":
+        return features.mean(dim=2).transpose(1, 2)
+    n, d, h, w = features.shape
+    return features.permute(0, 3, 1, 2).reshape(n, w, d * h)
+
+
+class Model(nn.Module):
+    """Backbone -> height collapse -> sequence encoder -> head."""
+
+    def __init__(self, backbone: Backbone, encoder: SequenceEncoder, head: Head, collapse: str = "flatten") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.encoder = encoder
+        self.head = head
+        self.collapse = collapse
+
+    def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(logits, lengths)``: the head's logits and each sample's sequence length."""
+        features, lengths = self.backbone(images, widths)
+        seq = collapse_height(features, self.collapse)
+        seq = self.encoder(seq, lengths)
+        return self.head(seq, lengths), lengths
+
+
+def _build(registry: Registry, cfg: DictConfig, section: str, kind: str, expected: type, **kwargs: Any) -> Any:
+    """Build one stage from its config section and check it is the right kind of module."""
+    name = OmegaConf.select(cfg, f"{section}.name")
+    component = registry.get(kind, name, key=f"{section}.name")
+    options = component_config(registry, cfg, section)
+    try:
+        stage = component.factory(options, **kwargs)
+    except Exception as exc:
+        raise ModelError(
+            f"{section}: {kind} '{name}' (plugin '{component.provider}') could not be built: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(stage, expected):
+        raise ModelError(
+            f"{section}: {kind} '{name}' (plugin '{component.provider}') returned {type(stage).__name__}, "
+            f"not a crnnfw.{expected.__name__}"
+        )
+    return stage
+
+
+def build_model(cfg: DictConfig, data: DataModule, registry: Registry) -> Model:
+    """The model a resolved config describes, sized for ``data`` and checked by :func:`check_model`."""
+    collapse = cfg.model.collapse
+    backbone = _build(registry, cfg, "model.backbone", "backbone", Backbone, in_channels=data.channels, in_height=data.height)
+    out_height = backbone.out_height(data.height)
+    if out_height < 1:
+        raise ModelError(
+            f"model.backbone: '{cfg.model.backbone.name}' shrinks images of height {data.height} to nothing; "
+            "use less pooling or taller images"
+        )
+    in_features = backbone.out_channels * (out_height if collapse == "flatten" else 1)
+    encoder = _build(registry, cfg, "model.encoder", "encoder", SequenceEncoder, in_features=in_features)
+    head = _build(registry, cfg, "model.head", "head", Head, in_features=encoder.out_features, classes=data.classes)
+    model = Model(backbone, encoder, head, collapse)
+    check_model(model, data, names={s: OmegaConf.select(cfg, f"model.{s}.name") for s in ("backbone", "encoder", "head")})
+    return model
+
+
+def check_model(model: Model, data: DataModule, names: dict[str, str] | None = None) -> None:
+    """Run a dummy batch through every stage at the data's widths; raise ModelError naming the stage that breaks."""
+    names = names or {}
+    widths_list = sorted({data.min_width, data.max_width, (data.min_width + data.max_width) // 2 + 1} - {0})
+    widths_list = [w for w in widths_list if data.min_width <= w <= data.max_width] or [data.max_width]
+    widths = torch.tensor(widths_list, dtype=torch.long)
+    images = torch.zeros(len(widths_list), data.channels, data.height, max(widths_list))
+    for i, w in enumerate(widths_list):
+        images[i, :, :, :w] = torch.rand(data.channels, data.height, w, generator=torch.Generator().manual_seed(i))
+    shape = tuple(images.shape)
+
+    def stage(kind: str) -> str:
+        return f"{kind} '{names[kind]}'" if kind in names else kind
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                features, lengths = model.backbone(images, widths)
+            except Exception as exc:
+                raise ModelError(f"{stage('backbone')} fails on a {shape} batch of widths {widths_list}: {exc}") from exc
+            expected_height = model.backbone.out_height(data.height)
+            if features.dim() != 4 or features.shape[1] != model.backbone.out_channels or features.shape[2] != expected_height:
+                raise ModelError(
+                    f"{stage('backbone')} returned features {tuple(features.shape)}; its declarations promise "
+                    f"(N, {model.backbone.out_channels}, {expected_height}, W')"
+                )
+            promised = model.backbone.out_lengths(widths)
+            if not torch.equal(lengths.cpu(), promised.cpu()) or int(lengths.max()) > features.shape[3]:
+                raise ModelError(
+                    f"{stage('backbone')} returned lengths {lengths.tolist()} for widths {widths_list}; "
+                    f"out_lengths() says {promised.tolist()} and the feature map is {features.shape[3]} wide"
+                )
+            if int(lengths.min()) < 1:
+                raise ModelError(f"{stage('backbone')} leaves no sequence steps for images {data.min_width} px wide")
+            seq = collapse_height(features, model.collapse)
+            try:
+                encoded = model.encoder(seq, lengths)
+            except Exception as exc:
+                raise ModelError(f"{stage('encoder')} fails on a sequence {tuple(seq.shape)}: {exc}") from exc
+            if tuple(encoded.shape) != (seq.shape[0], seq.shape[1], model.encoder.out_features):
+                raise ModelError(
+                    f"{stage('encoder')} returned {tuple(encoded.shape)}; expected "
+                    f"{(seq.shape[0], seq.shape[1], model.encoder.out_features)}"
+                )
+            try:
+                logits = model.head(encoded, lengths)
+                model.head.decode(logits, lengths)
+            except Exception as exc:
+                raise ModelError(f"{stage('head')} fails on a sequence {tuple(encoded.shape)}: {exc}") from exc
+    finally:
+        model.train(was_training)

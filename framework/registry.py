@@ -1,0 +1,84 @@
+"""The component registry: what each plugin provides, looked up by kind and name."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ConfigError, PluginError
+
+KINDS = ("backbone", "encoder", "head", "dataset")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: how to build it and what options it takes."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    config: type
+    description: str
+    provider: str
+
+    def fields(self) -> list[dataclasses.Field]:
+        """The config fields, for listings and docs."""
+        return list(dataclasses.fields(self.config))
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """A ' did you mean ...?' hint, or an empty string when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class Registry:
+    """Components by kind and name; a name may be registered once per kind."""
+
+    def __init__(self) -> None:
+        self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+
+    def add(
+        self,
+        kind: str,
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        config: type,
+        description: str = "",
+        provider: str,
+    ) -> None:
+        """Record a component; a second provider of the same name is an error naming both."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise PluginError(f"plugin '{provider}' registered {kind} {name!r}: a name must be an identifier")
+        if not callable(factory):
+            raise PluginError(f"plugin '{provider}' registered {kind} '{name}' with a factory that is not callable")
+        if not dataclasses.is_dataclass(config) or not isinstance(config, type):
+            raise PluginError(f"plugin '{provider}' registered {kind} '{name}': config must be a dataclass type")
+        existing = self._components[kind].get(name)
+        if existing is not None:
+            raise PluginError(
+                f"{kind} '{name}' is registered twice: by '{existing.provider}' and by '{provider}'; "
+                "uninstall or block one of them (CRNNFW_BLOCK_PLUGINS)"
+            )
+        self._components[kind][name] = Component(kind, name, factory, config, description, provider)
+
+    def get(self, kind: str, name: str, *, key: str | None = None) -> Component:
+        """The component, or a ConfigError with a suggestion and the list of names."""
+        names = self.names(kind)
+        found = self._components[kind].get(name)
+        if found is None:
+            where = f"{key}: " if key else ""
+            listing = ", ".join(names) if names else "none are registered"
+            raise ConfigError(f"{where}unknown {kind} '{name}'{suggest(str(name), names)} (available: {listing})")
+        return found
+
+    def names(self, kind: str) -> list[str]:
+        """Registered names of one kind, sorted."""
+        return sorted(self._components[kind])
+
+    def all(self) -> list[Component]:
+        """Every component, by kind then name."""
+        return [self._components[kind][name] for kind in KINDS for name in self.names(kind)]

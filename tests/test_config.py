@@ -1,0 +1,92 @@
+"""Config loading, validation and overrides, through the CLI and the API."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from crnnfw import ConfigError, config
+from crnnfw.plugins import get_registry
+
+from .conftest import MNIST_CONFIG
+
+
+def resolve(*overrides: str):
+    return config.resolve(config.load(MNIST_CONFIG, overrides), get_registry(), source=str(MNIST_CONFIG))
+
+
+def test_resolved_config_fills_component_defaults_and_applies_overrides(cli):
+    result = cli("config", MNIST_CONFIG, "trainer.epochs=3", "model.encoder.hidden_size=64")
+    assert result.code == 0
+    cfg = OmegaConf.create(result.out)
+    assert cfg.trainer.epochs == 3
+    assert cfg.model.encoder.hidden_size == 64
+    assert cfg.model.encoder.cell == "lstm"  # a default the YAML does not state
+    assert cfg.model.backbone.pools == [[2, 2], [2, 2], [2, 1], [1, 1]]
+    assert cfg.trainer.scheduler.name == "onecycle"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.backbone.chanels=[8]", "model.backbone.chanels: unknown key; did you mean 'channels'?"),
+        ("trainer.epoch=3", "trainer.epoch: unknown key; did you mean 'epochs'?"),
+        ("trainer.optimizer.lrr=0.1", "trainer.optimizer.lrr: unknown key; did you mean 'lr'?"),
+        ("data.augment.degree=3", "data.augment.degree: unknown key; did you mean 'degrees'?"),
+        ("trainer.batch_size=many", "trainer.batch_size: Value 'many' of type 'str' could not be converted to Integer"),
+        ("model.backbone.pools=[[2,x]]", "model.backbone.pools[0][1]"),
+        ("model.backbone.name=cnnn", "unknown backbone 'cnnn'; did you mean 'cnn'? (available: cnn"),
+        ("model.head.name=nothing", "unknown head 'nothing' (available: softmax"),
+        ("trainer.precision=bf16", "trainer.precision: 'bf16' is not one of 32-true, bf16-mixed, 16-mixed; did you mean 'bf16-mixed'?"),
+        ("trainer.epochs=0", "trainer.epochs: must be > 0, got 0"),
+        ("trainer.optimizer.name=adamm", "'adamm' is not one of adam, adamw, sgd; did you mean 'adam'?"),
+    ],
+)
+def test_bad_values_name_the_full_key_and_suggest(override, expected):
+    with pytest.raises(ConfigError) as info:
+        resolve(override)
+    message = str(info.value)
+    assert expected in message
+    assert str(MNIST_CONFIG) in message
+    assert "\n" not in message
+
+
+def test_cli_config_error_is_one_line_exit_2_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "crnnfw", "run", str(MNIST_CONFIG), "trainer.lr=0.1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"crnnfw: error: {MNIST_CONFIG}: trainer.lr: unknown key (valid keys: " + lines[0].split("(valid keys: ")[1]]
+    assert "Traceback" not in proc.stderr
+    assert "epochs" in lines[0]
+
+
+def test_missing_file_bad_yaml_and_bad_override_syntax(cli, tmp_path):
+    missing = cli("run", tmp_path / "nope.yaml")
+    assert missing.code == 2 and "nope.yaml: no such config file" in missing.err
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    result = cli("config", broken)
+    assert result.code == 2 and "broken.yaml: not valid YAML" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    assert "top level must be a mapping" in cli("config", listing).err
+
+    bad = cli("config", MNIST_CONFIG, "trainer.epochs")
+    assert bad.code == 2 and "expected key=value" in bad.err
+
+
+def test_component_section_needs_a_name(tmp_path, cli):
+    path = tmp_path / "noname.yaml"
+    path.write_text("model:\n  encoder: 3\n")
+    result = cli("config", path)
+    assert result.code == 2
+    assert "model.encoder: expected a mapping with a 'name' key" in result.err

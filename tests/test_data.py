@@ -1,0 +1,84 @@
+"""MNIST offline, IDX files, and batching as tensors."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import pytest
+import torch
+
+import crnnfw
+from crnnfw import DataError
+from crnnfw_plugins.mnist import MNISTConfig, load_mnist, mnist_data
+
+
+def test_mnist_is_complete_and_uint8():
+    arrays = load_mnist()
+    assert arrays["train_images"].shape == (60000, 28, 28) and arrays["test_images"].shape == (10000, 28, 28)
+    assert arrays["train_images"].dtype == torch.uint8
+    assert torch.bincount(arrays["test_labels"]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert arrays["train_labels"][:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3]  # the original order
+    assert int(arrays["train_images"].max()) == 255
+
+
+def write_idx(path, tensor: torch.Tensor, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, tensor.dim()]) + struct.pack(f">{tensor.dim()}I", *tensor.shape)
+    payload = header + bytes(tensor.to(torch.uint8).flatten().tolist())
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def test_idx_files_in_root_are_read(tmp_path):
+    arrays = load_mnist()
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    subset = {
+        "train-images-idx3-ubyte": arrays["train_images"][:50],
+        "train-labels-idx1-ubyte": arrays["train_labels"][:50],
+        "t10k-images-idx3-ubyte": arrays["test_images"][:20],
+        "t10k-labels-idx1-ubyte": arrays["test_labels"][:20],
+    }
+    for i, (name, tensor) in enumerate(subset.items()):
+        write_idx(raw / (name + (".gz" if i % 2 else "")), tensor, compress=bool(i % 2))
+    data = mnist_data(MNISTConfig(root=str(tmp_path)))
+    assert len(data.train) == 50 and len(data.test) == 20
+    assert torch.equal(data.test.images[:, 0], arrays["test_images"][:20])
+    assert torch.equal(data.train.targets, arrays["train_labels"][:50])
+
+
+def test_missing_or_broken_idx_gives_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="lacks train-images-idx3-ubyte"):
+        mnist_data(MNISTConfig(root=str(tmp_path)))
+    with pytest.raises(DataError, match="is not a folder"):
+        mnist_data(MNISTConfig(root=str(tmp_path / "absent")))
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    load_mnist.cache_clear()
+    with pytest.raises(DataError, match="header promises 13"):
+        mnist_data(MNISTConfig(root=str(tmp_path)))
+
+
+def test_batches_cover_the_split_once_and_augment_as_a_batch():
+    arrays = load_mnist()
+    augment = crnnfw.RandomAffine(crnnfw.AugmentConfig(enabled=True, degrees=15, translate=0.1))
+    split = crnnfw.TensorSplit(arrays["train_images"][:1000].unsqueeze(1), arrays["train_labels"][:1000], transform=augment)
+    generator = torch.Generator().manual_seed(1)
+    batches = list(split.batches(300, shuffle=True, generator=generator))
+    assert [len(b) for b in batches] == [300, 300, 300, 100]
+    labels = torch.cat([b.targets for b in batches])
+    assert sorted(labels.tolist()) == sorted(arrays["train_labels"][:1000].tolist())
+    first = batches[0]
+    assert first.images.dtype == torch.float32 and first.images.shape == (300, 1, 28, 28)
+    assert 0.0 <= float(first.images.min()) and float(first.images.max()) <= 1.0
+    assert first.widths.tolist() == [28] * 300
+
+    plain = crnnfw.TensorSplit(arrays["train_images"][:10].unsqueeze(1), arrays["train_labels"][:10])
+    unaugmented = next(plain.batches(10, shuffle=False)).images
+    assert torch.equal(unaugmented, arrays["train_images"][:10].unsqueeze(1).float() / 255)
+    warped = augment(unaugmented, torch.Generator().manual_seed(0))
+    assert warped.shape == unaugmented.shape and not torch.allclose(warped, unaugmented)
+
+
+def test_empty_split_is_refused():
+    with pytest.raises(DataError, match="empty"):
+        crnnfw.TensorSplit(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))

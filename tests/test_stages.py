@@ -1,0 +1,124 @@
+"""Stage contracts: lengths, padding invariance, and the build-time check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import crnnfw
+from crnnfw import ModelError, config
+from crnnfw.data import build_data
+from crnnfw.model import build_model
+from crnnfw.plugins import get_registry
+from crnnfw_plugins.cnn import CNNBackbone, CNNConfig
+from crnnfw_plugins.lstm import LSTMConfig, LSTMEncoder
+from crnnfw_plugins.softmax import SoftmaxConfig, SoftmaxHead
+
+from .conftest import MNIST_CONFIG
+
+
+def padded(samples: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (C, H, W_i) images into one batch."""
+    width = max(s.shape[-1] for s in samples)
+    batch = torch.zeros(len(samples), *samples[0].shape[:-1], width)
+    for i, s in enumerate(samples):
+        batch[i, ..., : s.shape[-1]] = s
+    return batch, torch.tensor([s.shape[-1] for s in samples])
+
+
+@pytest.mark.parametrize("cell, bidirectional", [("lstm", False), ("lstm", True), ("gru", True)])
+def test_encoder_is_padding_invariant(cell, bidirectional):
+    torch.manual_seed(0)
+    encoder = LSTMEncoder(LSTMConfig(hidden_size=16, num_layers=2, bidirectional=bidirectional, cell=cell), in_features=8).eval()
+    seq = torch.randn(3, 20, 8)
+    lengths = torch.tensor([20, 7, 13])
+    with torch.no_grad():
+        together = encoder(seq, lengths)
+        assert together.shape == (3, 20, 16 * (2 if bidirectional else 1))
+        for i, n in enumerate(lengths.tolist()):
+            alone = encoder(seq[i : i + 1, :n], lengths[i : i + 1])
+            torch.testing.assert_close(together[i, :n], alone[0], atol=1e-6, rtol=0)
+        garbage = seq.clone()
+        garbage[1, 7:] = 1e3  # whatever sits in the padding must not leak in
+        torch.testing.assert_close(encoder(garbage, lengths)[1, :7], together[1, :7], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_cnn_reports_lengths_and_is_padding_invariant(padding):
+    torch.manual_seed(0)
+    cfg = CNNConfig(channels=[4, 8, 8], pools=[[2, 2], [1, 1], [2, 1]], padding=padding, batch_norm=True)
+    backbone = CNNBackbone(cfg, in_channels=1).eval()
+    samples = [torch.rand(1, 32, w) for w in (41, 17, 64)]
+    images, widths = padded(samples)
+    with torch.no_grad():
+        features, lengths = backbone(images, widths)
+        assert torch.equal(lengths, backbone.out_lengths(widths))
+        shrink = 0 if padding == "same" else 2
+        assert lengths.tolist() == [((w - shrink) // 2 - shrink - shrink) for w in (41, 17, 64)]
+        assert features.shape[:3] == (3, 8, backbone.out_height(32))
+        for i, s in enumerate(samples):
+            alone, n = backbone(s.unsqueeze(0), widths[i : i + 1])
+            n = int(n)
+            torch.testing.assert_close(features[i, :, :, :n], alone[0, :, :, :n], atol=1e-5, rtol=0)
+
+
+def test_softmax_head_reads_the_last_valid_step():
+    head = SoftmaxHead(SoftmaxConfig(pool="last"), in_features=4, classes=tuple("ab")).eval()
+    seq = torch.randn(2, 6, 4)
+    lengths = torch.tensor([6, 3])
+    changed = seq.clone()
+    changed[1, 3:] = 99.0
+    torch.testing.assert_close(head(seq, lengths), head(changed, lengths))
+    decoded = head.decode(head(seq, lengths), lengths)
+    assert decoded.texts == [head.classes[i] for i in decoded.indices.tolist()]
+    assert ((decoded.confidences > 0.5) & (decoded.confidences <= 1)).all()
+
+
+@dataclass
+class LiarConfig:
+    extra_steps: int = 1
+
+
+class LyingBackbone(crnnfw.Backbone):
+    """Claims fewer steps than it returns: the build-time check must catch it."""
+
+    def __init__(self, extra: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.out_channels = 4
+        self.extra = extra
+
+    def out_height(self, in_height: int) -> int:
+        return in_height
+
+    def out_lengths(self, widths: torch.Tensor) -> torch.Tensor:
+        return widths
+
+    def forward(self, images, widths):
+        return self.conv(images), widths + self.extra
+
+
+def register_liar(register):
+    register("liar", lambda cfg, in_channels, in_height: LyingBackbone(cfg.extra_steps), config=LiarConfig)
+
+
+def test_build_time_check_names_the_stage_that_breaks(extra_plugin):
+    extra_plugin(SimpleNamespace(crnnfw_register_backbones=crnnfw.hookimpl(register_liar)), "liar_plugin")
+    registry = get_registry()
+    cfg = config.resolve(config.load(MNIST_CONFIG, ["model.backbone.name=liar", "data.train_limit=64", "data.test_limit=64"]), registry)
+    data = build_data(cfg, registry)
+    with pytest.raises(ModelError, match=r"backbone 'liar' returned lengths \[29\] for widths \[28\]; out_lengths\(\) says \[28\]"):
+        build_model(cfg, data, registry)
+
+    bad_head = config.resolve(config.load(MNIST_CONFIG, ["model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]", "data.train_limit=64", "data.test_limit=64"]), registry)
+    with pytest.raises(ModelError, match="model.backbone: 'cnn' shrinks images of height 28 to nothing"):
+        build_model(bad_head, data, registry)
+
+
+def test_factory_errors_name_the_config_key(cli):
+    result = cli("run", MNIST_CONFIG, "model.backbone.channels=[8,8]", "data.train_limit=64")
+    assert result.code == 2
+    assert "model.backbone: backbone 'cnn' (plugin 'builtins') could not be built: ValueError: pools has 4 entries but channels has 2" in result.err
