@@ -8,6 +8,7 @@ from .batch import Batch
 from .data import DataModule, Split, TensorSplit
 from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, ModelError, PluginError, TrainingError
 from .hookspecs import hookimpl
+from .metrics import SequenceScores, edit_distance
 from .model import Model, build_model, check_model, collapse_height
 from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask
 from .version import __version__
@@ -24,6 +25,7 @@ __all__ = [
     "Decoded",
     "Head",
     "Metrics",
+    "SequenceScores",
     "Model",
     "ModelError",
     "PluginError",
@@ -36,6 +38,7 @@ __all__ = [
     "build_model",
     "check_model",
     "collapse_height",
+    "edit_distance",
     "hookimpl",
     "length_mask",
 ]

@@ -37,7 +37,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     host = get_host()
-    components = {c.name: c for c in host.registry.all()}
+    components = {(c.kind, c.name): c for c in host.registry.all()}
     if args.json:
         payload = [
             {
@@ -46,7 +46,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "version": p.version,
                 "error": p.error,
                 "components": [
-                    {"kind": kind, "name": name, "description": components[name].description if name in components else ""}
+                    {"kind": kind, "name": name, "description": components[kind, name].description}
                     for kind, name in p.components
                 ],
             }
@@ -64,7 +64,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for i, (kind, name) in enumerate(p.components):
             first = i == 0
             table.add_row(p.name if first else "", p.distribution if first else "", p.version if first else "",
-                          kind, name, components[name].description if name in components else "")
+                          kind, name, components[kind, name].description)
     console.print(table)
     return 0
 

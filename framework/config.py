@@ -9,6 +9,7 @@ file and the full key path, and suggest the closest valid key.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List
@@ -105,7 +106,22 @@ def _fields_at(schema: DictConfig, key: str) -> list[str] | None:
     return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else None
 
 
+def _check_sections(schema: DictConfig, user: Any, prefix: str, source: str) -> None:
+    """A section of the schema given a plain value (``trainer.optimizer=sgd``) gets its own message."""
+    if not isinstance(user, DictConfig):
+        return
+    for key in user.keys():
+        if key in schema and isinstance(schema[key], DictConfig) and OmegaConf.get_type(schema, str(key)) is not dict:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            value = user._get_node(key)._value() if user._get_node(key) is not None else None
+            if not isinstance(value, (DictConfig, dict)) and value is not None:
+                fields = ", ".join(str(k) for k in schema[key].keys())
+                raise ConfigError(f"{source}: {path}: expected a section with keys {fields}, got {value!r}")
+            _check_sections(schema[key], user[key], path, source)
+
+
 def _merge(schema: DictConfig, user: Any, prefix: str, source: str) -> DictConfig:
+    _check_sections(schema, user, prefix, source)
     try:
         return OmegaConf.merge(schema, user)
     except oc_errors.OmegaConfBaseException as exc:
@@ -161,7 +177,10 @@ def component_config(registry: Registry, cfg: DictConfig, section: str, source: 
     except oc_errors.OmegaConfBaseException as exc:
         raise ConfigError(f"{kind} '{name}' from plugin '{component.provider}' has an invalid config class: {exc}") from None
     typed = _merge(schema, options, section, source)
-    return OmegaConf.to_object(typed)
+    try:
+        return OmegaConf.to_object(typed)  # runs the dataclass's __post_init__ checks
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {section}: {exc}") from None
 
 
 def resolve(cfg: DictConfig, registry: Registry, source: str = "config") -> DictConfig:
@@ -186,6 +205,8 @@ def resolve(cfg: DictConfig, registry: Registry, source: str = "config") -> Dict
     _check_positive(t.optimizer.lr, "trainer.optimizer.lr", source)
     for key in ("max_steps", "grad_clip", "num_threads"):
         _check_positive(t[key], f"trainer.{key}", source, allow_zero=True)
+    if t.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", t.device):
+        raise ConfigError(f"{source}: trainer.device: '{t.device}' is not one of auto, cpu, cuda, cuda:N{suggest(t.device, ('auto', 'cpu', 'cuda'))}")
     return OmegaConf.create(out)
 
 

@@ -45,6 +45,8 @@ class DataModule:
     height: int
     min_width: int
     max_width: int
+    #: For sequence labels: label length -> the narrowest image width it comes with.
+    narrowest: dict[int, int] | None = None
 
 
 class TensorSplit:

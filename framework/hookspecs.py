@@ -18,8 +18,9 @@ Each hook receives a ``register`` callable; call it once per component::
 - ``name``: the name configs use (``model.backbone.name: resnet``); unique across all plugins.
 - ``factory``: a callable building the component (its signature is given per hook below).
 - ``config``: a ``@dataclass`` whose fields, with defaults, are the component's options. The
-  config system validates user values against it (unknown keys, wrong types) and passes an
-  instance of it (as an OmegaConf typed node) to the factory.
+  config system validates user values against it (unknown keys, wrong types), then builds an
+  instance, so checks in its ``__post_init__`` (raise ValueError) are reported with the
+  section's key path; the factory receives that instance.
 - ``description``: one line shown by ``crnnfw plugins``.
 
 Hooks are called once per process, when the registry is first needed. A plugin that raises
@@ -80,5 +81,7 @@ def crnnfw_register_datasets(register: Register) -> None:
 
     Factory signature: ``factory(config) -> DataModule``: a :class:`crnnfw.DataModule` holding
     ``train`` and ``test`` splits that yield :class:`crnnfw.Batch` objects, the vocabulary
-    ``classes``, and the image ``channels`` and ``height``.
+    ``classes``, the image ``channels`` and ``height``, the range of widths
+    (``min_width``, ``max_width``) and, for sequence labels, ``narrowest``: for each label
+    length, the narrowest image it comes in (the engine checks the model can fit it).
     """

@@ -127,6 +127,7 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
                     f"{stage('encoder')} returned {tuple(encoded.shape)}; expected "
                     f"{(seq.shape[0], seq.shape[1], model.encoder.out_features)}"
                 )
+            _check_label_lengths(model, data, stage)
             try:
                 logits = model.head(encoded, lengths)
                 model.head.decode(logits, lengths)
@@ -134,3 +135,16 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
                 raise ModelError(f"{stage('head')} fails on a sequence {tuple(encoded.shape)}: {exc}") from exc
     finally:
         model.train(was_training)
+
+
+def _check_label_lengths(model: Model, data: DataModule, stage) -> None:
+    """Every label must fit the steps the backbone leaves for its narrowest image."""
+    for label_length, width in sorted((data.narrowest or {}).items()):
+        steps = int(model.backbone.out_lengths(torch.tensor([width]))[0])
+        need = model.head.min_steps(label_length)
+        if steps < need:
+            raise ModelError(
+                f"labels of {label_length} characters come in images as narrow as {width} px, which "
+                f"{stage('backbone')} turns into {steps} steps; {stage('head')} needs at least {need}. "
+                "Pool less along the width (model.backbone.pools) or use wider images"
+            )

@@ -23,7 +23,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .registry import KINDS, Registry
+from .registry import KINDS, DuplicateComponentError, Registry
 
 ENTRY_POINT_GROUP = "crnnfw"
 HOOKS = {
@@ -120,7 +120,7 @@ def _candidates() -> list[tuple[PluginInfo, Any]]:
         found.append((PluginInfo(ep.name, dist, version), ep.load))
     for name, obj in _extra_plugins:
         if name not in blocked:
-            found.append((PluginInfo(name, "(registered in code)", "-"), lambda obj=obj: obj))
+            found.append((PluginInfo(name, "registered in code", "-"), lambda obj=obj: obj))
     return found
 
 
@@ -139,7 +139,7 @@ def _load() -> PluginHost:
             continue
         try:
             _register_components(manager, registry, plugin, info)
-        except PluginError:
+        except DuplicateComponentError:
             raise
         except Exception as exc:
             _fail(info, "failed to register", exc)

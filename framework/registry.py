@@ -28,9 +28,13 @@ class Component:
         return list(dataclasses.fields(self.config))
 
 
+class DuplicateComponentError(PluginError):
+    """Two plugins registered the same name for one kind: always fatal, it is ambiguous."""
+
+
 def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
     """A ' did you mean ...?' hint, or an empty string when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -50,16 +54,19 @@ class Registry:
         description: str = "",
         provider: str,
     ) -> None:
-        """Record a component; a second provider of the same name is an error naming both."""
+        """Record a component; a second provider of the same name is an error naming both.
+
+        An invalid registration raises ValueError or TypeError, reported as that plugin's failure.
+        """
         if not isinstance(name, str) or not name.isidentifier():
-            raise PluginError(f"plugin '{provider}' registered {kind} {name!r}: a name must be an identifier")
+            raise ValueError(f"registered {kind} {name!r}: a name must be an identifier")
         if not callable(factory):
-            raise PluginError(f"plugin '{provider}' registered {kind} '{name}' with a factory that is not callable")
+            raise TypeError(f"registered {kind} '{name}' with a factory that is not callable")
         if not dataclasses.is_dataclass(config) or not isinstance(config, type):
-            raise PluginError(f"plugin '{provider}' registered {kind} '{name}': config must be a dataclass type")
+            raise TypeError(f"registered {kind} '{name}': config must be a dataclass type")
         existing = self._components[kind].get(name)
         if existing is not None:
-            raise PluginError(
+            raise DuplicateComponentError(
                 f"{kind} '{name}' is registered twice: by '{existing.provider}' and by '{provider}'; "
                 "uninstall or block one of them (CRNNFW_BLOCK_PLUGINS)"
             )

@@ -74,6 +74,8 @@ class Metrics(ABC):
     main: str
     #: Whether a larger ``main`` is better.
     higher_is_better: bool = True
+    #: The figures shown in the epoch table (None: all); every figure is saved regardless.
+    table: tuple[str, ...] | None = None
 
     @abstractmethod
     def update(self, decoded: Decoded, batch: Batch) -> None:
@@ -104,3 +106,10 @@ class Head(nn.Module, ABC):
     @abstractmethod
     def metrics(self) -> Metrics:
         """A fresh metrics accumulator for this task."""
+
+    def min_steps(self, label_length: int) -> int:
+        """The fewest sequence steps this head needs for a label of ``label_length`` symbols.
+
+        The engine checks it against the narrowest images the data holds before training.
+        """
+        return 1

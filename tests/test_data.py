@@ -54,7 +54,7 @@ def test_missing_or_broken_idx_gives_a_clear_error(tmp_path):
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (tmp_path / name).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
     load_mnist.cache_clear()
-    with pytest.raises(DataError, match="header promises 13"):
+    with pytest.raises(DataError, match="is 11 bytes; its header promises 17"):
         mnist_data(MNISTConfig(root=str(tmp_path)))
 
 

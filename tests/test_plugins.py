@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 
@@ -50,7 +49,7 @@ def test_duplicate_name_is_an_error_naming_both_providers(extra_plugin):
     def register_clash(register):
         register("cnn", lambda cfg, **kw: None, config=NoOptions)
 
-    extra_plugin(SimpleNamespace(crnnfw_register_backbones=crnnfw.hookimpl(register_clash)), "clashing")
+    extra_plugin("clashing", crnnfw_register_backbones=register_clash)
     with pytest.raises(PluginError, match="backbone 'cnn' is registered twice: by 'builtins' and by 'clashing'"):
         get_host()
 
@@ -59,7 +58,7 @@ def test_plugin_failing_to_register_is_reported_not_fatal(extra_plugin, cli, mon
     def register_broken(register):
         raise RuntimeError("boom")
 
-    extra_plugin(SimpleNamespace(crnnfw_register_heads=crnnfw.hookimpl(register_broken)), "broken")
+    extra_plugin("broken", crnnfw_register_heads=register_broken)
     listing = cli("plugins", "--json")
     assert listing.code == 0
     assert "plugin 'broken'" in listing.err and "RuntimeError: boom" in listing.err
@@ -73,13 +72,16 @@ def test_plugin_failing_to_register_is_reported_not_fatal(extra_plugin, cli, mon
     assert strict.code == 2 and "plugin 'broken'" in strict.err and "boom" in strict.err
 
 
-def test_registering_an_invalid_component_names_the_plugin(extra_plugin):
+def test_registering_an_invalid_component_is_that_plugins_failure(extra_plugin, capsys):
     def register_bad(register):
         register("not a name", lambda cfg, **kw: None, config=NoOptions)
 
-    extra_plugin(SimpleNamespace(crnnfw_register_encoders=crnnfw.hookimpl(register_bad)), "badname")
-    with pytest.raises(PluginError, match="plugin 'badname' registered encoder 'not a name'"):
-        get_host()
+    extra_plugin("badname", crnnfw_register_encoders=register_bad)
+    host = get_host()
+    (failure,) = host.failures
+    assert failure.name == "badname" and "registered encoder 'not a name': a name must be an identifier" in failure.error
+    assert "crnnfw: warning: plugin 'badname' (registered in code) failed to register: ValueError" in capsys.readouterr().err
+    assert "lstm" in host.registry.names("encoder")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -105,20 +104,41 @@ def register_liar(register):
     register("liar", lambda cfg, in_channels, in_height: LyingBackbone(cfg.extra_steps), config=LiarConfig)
 
 
-def test_build_time_check_names_the_stage_that_breaks(extra_plugin):
-    extra_plugin(SimpleNamespace(crnnfw_register_backbones=crnnfw.hookimpl(register_liar)), "liar_plugin")
+def config_with_backbone(folder, name: str):
+    """A small MNIST config whose backbone is ``name`` with its default options."""
+    path = folder / f"{name}.yaml"
+    path.write_text(f"model:\n  backbone:\n    name: {name}\ndata:\n  name: mnist\n  train_limit: 64\n  test_limit: 64\n")
+    return path
+
+
+def test_build_time_check_names_the_stage_that_breaks(extra_plugin, tmp_path):
+    extra_plugin("liar_plugin", crnnfw_register_backbones=register_liar)
     registry = get_registry()
-    cfg = config.resolve(config.load(MNIST_CONFIG, ["model.backbone.name=liar", "data.train_limit=64", "data.test_limit=64"]), registry)
+    cfg = config.resolve(config.load(config_with_backbone(tmp_path, "liar")), registry)
     data = build_data(cfg, registry)
     with pytest.raises(ModelError, match=r"backbone 'liar' returned lengths \[29\] for widths \[28\]; out_lengths\(\) says \[28\]"):
         build_model(cfg, data, registry)
 
-    bad_head = config.resolve(config.load(MNIST_CONFIG, ["model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]", "data.train_limit=64", "data.test_limit=64"]), registry)
+    bad_head = config.resolve(config.load(MNIST_CONFIG, ["model.backbone.pools=[[4,2],[4,2],[2,1],[2,1]]", "data.train_limit=64", "data.test_limit=64"]), registry)
     with pytest.raises(ModelError, match="model.backbone: 'cnn' shrinks images of height 28 to nothing"):
         build_model(bad_head, data, registry)
 
 
-def test_factory_errors_name_the_config_key(cli):
-    result = cli("run", MNIST_CONFIG, "model.backbone.channels=[8,8]", "data.train_limit=64")
+def test_component_checks_name_the_config_key(cli):
+    result = cli("config", MNIST_CONFIG, "model.backbone.channels=[8,8]")
     assert result.code == 2
-    assert "model.backbone: backbone 'cnn' (plugin 'builtins') could not be built: ValueError: pools has 4 entries but channels has 2" in result.err
+    assert result.err == f"crnnfw: error: {MNIST_CONFIG}: model.backbone: pools has 4 entries but channels has 2; give one [h, w] pool per conv\n"
+    assert "model.encoder: cell: 'gru2' is not one of lstm, gru" in cli("config", MNIST_CONFIG, "model.encoder.cell=gru2").err
+    assert "model.head: pool: 'avg' is not one of last, mean, max" in cli("config", MNIST_CONFIG, "model.head.pool=avg").err
+
+
+def test_factory_failures_name_the_stage(extra_plugin, cli, tmp_path):
+    def register_failing(register):
+        def build(cfg, in_channels, in_height):
+            raise RuntimeError("no GPU kernels for this")
+        register("failing", build, config=LiarConfig)
+
+    extra_plugin("failing_plugin", crnnfw_register_backbones=register_failing)
+    result = cli("run", config_with_backbone(tmp_path, "failing"))
+    assert result.code == 2
+    assert "model.backbone: backbone 'failing' (plugin 'failing_plugin') could not be built: RuntimeError: no GPU kernels for this" in result.err

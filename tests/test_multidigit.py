@@ -1,0 +1,152 @@
+"""Variable-width multi-digit recognition: data, lengths, CTC decoding, metrics, training."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from crnnfw import ModelError, config
+from crnnfw.data import build_data
+from crnnfw.metrics import SequenceScores, edit_distance
+from crnnfw.model import build_model
+from crnnfw.plugins import get_registry
+from crnnfw_plugins.ctc import beam_decode, greedy_decode
+from crnnfw_plugins.multidigit import _test_split
+
+from .conftest import ROOT
+
+CTC_CONFIG = ROOT / "configs" / "multidigit_ctc.yaml"
+SMALL = ["data.train_size=512", "data.test_size=200"]
+
+
+def resolved(*overrides: str):
+    return config.resolve(config.load(CTC_CONFIG, [*SMALL, *overrides]), get_registry(), source=str(CTC_CONFIG))
+
+
+def test_composed_data_is_variable_width_and_fixed_by_seed():
+    cfg = resolved()
+    data = build_data(cfg, get_registry())
+    test = data.test
+    assert len(test) == 200 and test.images.dtype == torch.uint8 and test.images.shape[2] == 32
+    assert test.widths.min() >= data.min_width and len(set(test.widths.tolist())) > 50
+    assert set(test.target_lengths.tolist()) == set(range(1, 9))
+    for n, w in zip(test.target_lengths.tolist(), test.widths.tolist()):
+        assert w >= data.narrowest[n]
+    # blank past each image's width
+    for i in range(20):
+        assert int(test.images[i, ..., test.widths[i]:].sum()) == 0
+    _test_split.cache_clear()
+    again = build_data(cfg, get_registry()).test
+    assert torch.equal(again.images, test.images) and torch.equal(again.targets, test.targets)
+    batch = next(data.train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert batch.images.dtype == torch.float32 and batch.images.shape[-1] == int(batch.widths.max())
+    assert batch.target_lengths.max() <= 8 and batch.targets.shape == (64, 8)
+
+
+def test_model_output_is_padding_invariant():
+    torch.manual_seed(0)
+    cfg = resolved()
+    data = build_data(cfg, get_registry())
+    model = build_model(cfg, data, get_registry()).eval()
+    narrow = data.test.images[:1, ..., : data.test.widths[0]].float() / 255
+    width = int(data.test.widths[0])
+    wide = torch.zeros(3, 1, 32, width + 150)
+    wide[0, ..., :width] = narrow[0]
+    wide[1:] = torch.rand(2, 1, 32, width + 150)  # other samples fill the batch
+    widths = torch.tensor([width, width + 150, width + 90])
+    with torch.no_grad():
+        alone, n_alone = model(narrow, widths[:1])
+        together, n_together = model(wide, widths)
+    n = int(n_alone[0])
+    assert n == int(n_together[0]) and together.shape[1] > n
+    torch.testing.assert_close(together[0, :n], alone[0, :n], atol=1e-5, rtol=0)
+    assert model.head.decode(together, n_together).texts[0] == model.head.decode(alone, n_alone).texts[0]
+
+
+def test_length_check_fires_before_training(cli):
+    pools = "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]"
+    with pytest.raises(ModelError, match=r"labels of \d characters come in images as narrow as \d+ px, which backbone 'cnn' turns into \d+ steps; head 'ctc' needs at least \d+"):
+        cfg = resolved(pools)
+        build_model(cfg, build_data(cfg, get_registry()), get_registry())
+    result = cli("run", CTC_CONFIG, *SMALL, pools)
+    assert result.code == 2 and "needs at least" in result.err and "Traceback" not in result.err
+
+
+def brute_force(probs: torch.Tensor, charset: str) -> tuple[str, float]:
+    """The most probable string by summing every path of a tiny (T, C) distribution."""
+    totals: dict[str, float] = {}
+    steps, classes = probs.shape
+    for path in itertools.product(range(classes), repeat=steps):
+        p = math.prod(float(probs[t, c]) for t, c in enumerate(path))
+        collapsed = [c for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
+        text = "".join(charset[c - 1] for c in collapsed)
+        totals[text] = totals.get(text, 0.0) + p
+    return max(totals.items(), key=lambda kv: kv[1])
+
+
+def test_beam_search_finds_the_most_probable_string():
+    generator = torch.Generator().manual_seed(0)
+    disagreements = 0
+    for _ in range(30):
+        logits = torch.randn(1, 5, 4, generator=generator) * 1.5
+        log_probs = logits.log_softmax(-1)
+        text, p = brute_force(log_probs[0].exp(), "abc")
+        decoded = beam_decode(log_probs, torch.tensor([5]), "abc", beam_width=64)
+        assert decoded.texts == [text]
+        assert decoded.confidences[0].item() == pytest.approx(p, rel=1e-4)
+        disagreements += greedy_decode(log_probs, torch.tensor([5]), "abc").texts != [text]
+    assert disagreements > 0  # the cases are hard enough for best-path decoding to miss some
+
+
+def test_beam_width_one_equals_greedy():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(64, 20, 11, generator=generator) * 2
+    lengths = torch.randint(5, 21, (64,), generator=generator)
+    log_probs = logits.log_softmax(-1)
+    greedy = greedy_decode(log_probs, lengths, "0123456789")
+    beam = beam_decode(log_probs, lengths, "0123456789", beam_width=1)
+    assert beam.texts == greedy.texts
+    torch.testing.assert_close(beam.confidences, greedy.confidences, rtol=1e-3, atol=0)
+
+
+def test_decoding_constraints():
+    # a path spelling "1" "2" "3" with a weak alternative "7" at the second character
+    probs = torch.full((1, 5, 11), 1e-4)
+    for t, c in enumerate([2, 0, 3, 0, 4]):
+        probs[0, t, c] = 1.0
+    probs[0, 2, 8] = 0.6
+    log_probs = probs.log_softmax(-1)
+    lengths = torch.tensor([5])
+    assert beam_decode(log_probs, lengths, "0123456789", 8).texts == ["123"]
+    assert beam_decode(log_probs, lengths, "0123456789", 8, allowed_lengths=[2]).texts[0] in {"12", "13", "23", "17", "73"}
+    banned = log_probs.clone()
+    banned[..., 3] = -math.inf  # whitelist without '2'
+    assert greedy_decode(banned.log_softmax(-1), lengths, "0123456789").texts == ["173"]
+
+
+def test_sequence_metrics():
+    assert edit_distance("12345", "1245") == 1 and edit_distance("", "12") == 2 and edit_distance("abc", "acb") == 2
+    scores = SequenceScores()
+    scores.add(["123", "45", "7"], ["123", "456", "8"])
+    out = scores.compute()
+    assert out["accuracy"] == pytest.approx(1 / 3)
+    assert out["cer"] == pytest.approx(2 / 7)
+    assert out["ned"] == pytest.approx((0 + 1 / 3 + 1) / 3)
+    assert out["accuracy_len3"] == pytest.approx(0.5) and out["accuracy_len1"] == 0.0
+
+
+def test_short_ctc_training_run(tmp_path, cli):
+    """Strings of 1-3 digits: 3 short epochs already read most characters right."""
+    result = cli("run", CTC_CONFIG, "data.max_digits=3", "data.train_size=6000", "data.test_size=500",
+                 "trainer.epochs=3", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
+    assert result.code == 0, result.err
+    (run_dir,) = (tmp_path / "ctc").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    final = summary["final"]
+    assert final["test_cer"] <= 0.10
+    assert {"test_accuracy", "test_ned", "test_accuracy_len1", "test_accuracy_len3"} <= set(final)
+    assert "test_cer" in result.out.splitlines()[1] or "test_cer" in result.out
