@@ -85,6 +85,10 @@ class Metrics(ABC):
     def compute(self) -> dict[str, float | int]:
         """The figures over everything added so far (must include ``main``)."""
 
+    def breakdown(self, scores: dict[str, float | int]) -> str:
+        """An optional line printed under the epoch's table row (e.g. accuracy per length)."""
+        return ""
+
 
 class Head(nn.Module, ABC):
     """Owns the task: logits from the sequence, the loss, decoding and metrics."""

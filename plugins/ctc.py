@@ -52,6 +52,10 @@ class SequenceMetrics(crnnfw.Metrics):
     def compute(self) -> dict[str, float]:
         return self.scores.compute()
 
+    def breakdown(self, scores: dict[str, float]) -> str:
+        parts = [f"{k.removeprefix('accuracy_len')}: {v:.2%}" for k, v in scores.items() if k.startswith("accuracy_len")]
+        return "  accuracy by length  " + "  ".join(parts) if parts else ""
+
 
 class CTCHead(crnnfw.Head):
     """A linear layer to ``len(charset) + 1`` classes per step; index 0 is the blank."""
@@ -123,7 +127,8 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, charset: str) -> crnnfw.De
     table = torch.tensor([0] + [ord(c) for c in charset], dtype=torch.int32, device=ids.device)
     codes = torch.where(keep, table[ids], torch.zeros_like(ids, dtype=torch.int32)).cpu()
     if all(ord(c) < 256 for c in charset):
-        raw = bytes(codes.to(torch.uint8).flatten().tolist())
+        packed = codes.to(torch.uint8).contiguous()
+        raw = bytes(packed.untyped_storage())[: packed.numel()]
         texts = [raw[i * steps : (i + 1) * steps].replace(b"\0", b"").decode("latin-1") for i in range(len(ids))]
     else:
         texts = ["".join(chr(c) for c in row if c) for row in codes.tolist()]

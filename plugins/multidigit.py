@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterator, Optional
 
 import torch
@@ -40,6 +40,9 @@ class MultiDigitConfig:
     scale_max: float = 1.1
     jitter: int = 2  # vertical offset in [-jitter, jitter] px
     margin: int = 4  # blank columns at each end
+    augment: crnnfw.AugmentConfig = field(  # per-digit warp of training strings (off: only scale, spacing, jitter)
+        default_factory=lambda: crnnfw.AugmentConfig(enabled=False, degrees=8.0, translate=0.0, scale_min=1.0, scale_max=1.0, shear=8.0)
+    )
 
     def __post_init__(self) -> None:
         problems = [
@@ -73,8 +76,17 @@ class DigitBank:
         return cls(images, labels, left, right)
 
 
-def compose(bank: DigitBank, count: int, cfg: MultiDigitConfig, generator: torch.Generator | None) -> crnnfw.Batch:
-    """``count`` new digit strings as a right-padded uint8 batch (images still uint8)."""
+def compose(
+    bank: DigitBank,
+    count: int,
+    cfg: MultiDigitConfig,
+    generator: torch.Generator | None,
+    warp: crnnfw.data.BatchTransform | None = None,
+) -> crnnfw.Batch:
+    """``count`` new digit strings as a right-padded uint8 batch (images still uint8).
+
+    ``warp`` (training augmentation) is applied to each slot's digits before they are placed.
+    """
     k = cfg.max_digits
     g = generator
 
@@ -108,6 +120,8 @@ def compose(bank: DigitBank, count: int, cfg: MultiDigitConfig, generator: torch
         rows = _bilinear_weights(v)  # (count, H, 28)
         cols = _bilinear_weights(u) * valid[:, slot, None, None]  # (count, W, 28)
         digits = bank.images[index[:, slot]].float()
+        if warp is not None:
+            digits = warp(digits.unsqueeze(1), generator).squeeze(1)
         canvas = torch.maximum(canvas, rows @ digits @ cols.transpose(1, 2))
     canvas = canvas.unsqueeze(1)
     targets = bank.labels[index] * valid
@@ -129,19 +143,32 @@ def narrowest(cfg: MultiDigitConfig) -> dict[int, int]:
 
 
 class ComposedSplit:
-    """Training strings composed batch by batch, different every epoch."""
+    """Training strings composed afresh every epoch.
+
+    Strings are composed 16 batches at a time and grouped by width, so a batch holds strings
+    of similar width and little of it is padding; the groups come out in random order.
+    """
+
+    chunk_batches = 16
 
     def __init__(self, bank: DigitBank, cfg: MultiDigitConfig) -> None:
         self.bank = bank
         self.cfg = cfg
+        self.warp = crnnfw.RandomAffine(cfg.augment) if cfg.augment.enabled else None
 
     def __len__(self) -> int:
         return self.cfg.train_size
 
     def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[crnnfw.Batch]:
-        for start in range(0, self.cfg.train_size, batch_size):
-            batch = compose(self.bank, min(batch_size, self.cfg.train_size - start), self.cfg, generator)
-            yield crnnfw.Batch(batch.images.float().div_(255.0), batch.widths, batch.targets, batch.target_lengths)
+        chunk = batch_size * self.chunk_batches
+        for start in range(0, self.cfg.train_size, chunk):
+            pool = compose(self.bank, min(chunk, self.cfg.train_size - start), self.cfg, generator, self.warp)
+            groups = pool.widths.argsort().split(batch_size)
+            for g in torch.randperm(len(groups), generator=generator).tolist():
+                index = groups[g]
+                widths = pool.widths[index]
+                images = pool.images[index, ..., : int(widths.max())].float().div_(255.0)
+                yield crnnfw.Batch(images, widths, pool.targets[index], pool.target_lengths[index])
 
 
 @functools.lru_cache(maxsize=4)
@@ -165,7 +192,7 @@ def multidigit_data(config: MultiDigitConfig) -> crnnfw.DataModule:
     """The ``multidigit`` dataset factory."""
     arrays = load_mnist(config.root)
     train_bank = DigitBank.from_arrays(arrays["train_images"], arrays["train_labels"])
-    frozen = tuple(sorted((k, v) for k, v in asdict(config).items() if k not in ("root", "train_size")))
+    frozen = tuple(sorted((k, v) for k, v in asdict(config).items() if k not in ("root", "train_size", "augment")))
     test = _test_split(config.root, frozen)
     limits = narrowest(config)
     widest = math.ceil(2 * config.margin + config.max_digits * 28 * config.scale_max + (config.max_digits - 1) * config.gap_max)
