@@ -5,7 +5,7 @@ The public API: what built-in and third-party plugins build on.
 
 from .augment import AugmentConfig, RandomAffine
 from .batch import Batch
-from .data import DataModule, Split, TensorSplit
+from .data import BatchTransform, DataModule, Split, TensorSplit
 from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, ModelError, PluginError, TrainingError
 from .hookspecs import hookimpl
 from .metrics import SequenceScores, edit_distance
@@ -17,6 +17,7 @@ __all__ = [
     "AugmentConfig",
     "Backbone",
     "Batch",
+    "BatchTransform",
     "CheckpointError",
     "ConfigError",
     "CrnnfwError",

@@ -21,6 +21,14 @@ class AugmentConfig:
     scale_max: float = 1.1
     shear: float = 0.0  # shear angle in [-shear, shear] degrees
 
+    def __post_init__(self) -> None:
+        if self.degrees < 0 or self.shear < 0:
+            raise ValueError("augment.degrees and augment.shear must be >= 0")
+        if not 0 <= self.translate < 1:
+            raise ValueError(f"augment.translate must be in [0, 1), got {self.translate}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"augment: need 0 < scale_min <= scale_max, got {self.scale_min} and {self.scale_max}")
+
 
 class RandomAffine:
     """Warps each image of a float batch ``(N, C, H, W)`` by its own random affine map."""

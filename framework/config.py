@@ -147,6 +147,12 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictC
         dotlist = OmegaConf.from_dotlist(list(overrides))
     except oc_errors.OmegaConfBaseException as exc:
         raise ConfigError(f"overrides {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+    for section in COMPONENT_SECTIONS:
+        # Swapping a component (model.backbone.name=resnet) drops the options the file gave the
+        # old one: they belong to it. Options given as overrides still apply to the new one.
+        new_name = OmegaConf.select(dotlist, f"{section}.name", default=None)
+        if new_name is not None and new_name != OmegaConf.select(user, f"{section}.name", default=None):
+            OmegaConf.update(user, section, {"name": new_name}, merge=False)
     return OmegaConf.merge(user, dotlist)
 
 
@@ -175,10 +181,13 @@ def component_config(registry: Registry, cfg: DictConfig, section: str, source: 
     try:
         schema = OmegaConf.structured(component.config)
     except oc_errors.OmegaConfBaseException as exc:
-        raise ConfigError(f"{kind} '{name}' from plugin '{component.provider}' has an invalid config class: {exc}") from None
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{kind} '{name}' from plugin '{component.provider}' has a config class OmegaConf cannot use: {first}") from None
     typed = _merge(schema, options, section, source)
     try:
         return OmegaConf.to_object(typed)  # runs the dataclass's __post_init__ checks
+    except oc_errors.MissingMandatoryValue as exc:
+        raise ConfigError(f"{source}: {section}.{exc.full_key}: required, and the config does not set it") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{source}: {section}: {exc}") from None
 

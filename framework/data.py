@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from .batch import Batch
 from .config import component_config
-from .errors import DataError
+from .errors import CrnnfwError, DataError
 from .registry import Registry
 
 BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
@@ -76,13 +76,19 @@ class TensorSplit:
         self.widths = widths if widths is not None else torch.full((len(images),), images.shape[-1], dtype=torch.long)
         self.target_lengths = target_lengths
         self.transform = transform
+        self.varied_widths = bool((self.widths != self.widths[0]).any())
 
     def __len__(self) -> int:
         return len(self.images)
 
     def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Random batches when ``shuffle``; otherwise in order of width (stable: images of equal
+        width keep their stored order), so evaluation batches carry little padding."""
         n = len(self.images)
-        order = torch.randperm(n, generator=generator) if shuffle else None
+        if shuffle:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = self.widths.argsort(stable=True) if self.varied_widths else None
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
             widths = self.widths[idx]
@@ -104,7 +110,16 @@ class TensorSplit:
 def build_data(cfg: DictConfig, registry: Registry) -> DataModule:
     """The dataset a resolved config names, checked to be usable."""
     component = registry.get("dataset", cfg.data.name, key="data.name")
-    data = component.factory(component_config(registry, cfg, "data"))
+    options = component_config(registry, cfg, "data")
+    try:
+        data = component.factory(options)
+    except CrnnfwError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(
+            f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') could not be built: {type(exc).__name__}: {detail}"
+        ) from exc
     if not isinstance(data, DataModule):
         raise DataError(
             f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') returned "

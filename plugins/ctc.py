@@ -29,6 +29,8 @@ class CTCConfig:
             raise ValueError(f"decoder: '{self.decoder}' is not one of greedy, beam")
         if self.beam_width < 1:
             raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if any(n < 1 for n in self.allowed_lengths):
             raise ValueError("allowed_lengths: every length must be >= 1")
 
@@ -95,6 +97,8 @@ class CTCHead(crnnfw.Head):
         return 2 * label_length + 1
 
     def loss(self, logits: Tensor, lengths: Tensor, batch: crnnfw.Batch) -> Tensor:
+        if batch.target_lengths is None:
+            raise ValueError("the ctc head needs label sequences (batch.target_lengths), but the batch holds class labels")
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T, N, C), fp32 always
         targets = self.target_map[batch.targets]
         return F.ctc_loss(log_probs, targets, lengths, batch.target_lengths, blank=BLANK, reduction="mean", zero_infinity=False)

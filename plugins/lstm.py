@@ -23,6 +23,8 @@ class LSTMConfig:
             raise ValueError(f"cell: '{self.cell}' is not one of lstm, gru")
         if self.hidden_size < 1 or self.num_layers < 1:
             raise ValueError("hidden_size and num_layers must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 def reverse_valid(seq: Tensor, lengths: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ class MultiDigitConfig:
     test_seed: int = 1234  # fixes the test split
     gap_min: int = -3  # px between neighbouring digits' ink; negative values overlap them
     gap_max: int = 12
-    cell_min: int = 10  # narrow digits (a '1') still advance at least this many px
+    cell_min: int = 12  # narrow digits (a '1') still advance at least this many px
     scale_min: float = 0.85  # per-digit scale of the 28 px MNIST digit
     scale_max: float = 1.1
     jitter: int = 2  # vertical offset in [-jitter, jitter] px
@@ -81,7 +81,7 @@ def compose(
     count: int,
     cfg: MultiDigitConfig,
     generator: torch.Generator | None,
-    warp: crnnfw.data.BatchTransform | None = None,
+    warp: crnnfw.BatchTransform | None = None,
 ) -> crnnfw.Batch:
     """``count`` new digit strings as a right-padded uint8 batch (images still uint8).
 
@@ -195,7 +195,8 @@ def multidigit_data(config: MultiDigitConfig) -> crnnfw.DataModule:
     frozen = tuple(sorted((k, v) for k, v in asdict(config).items() if k not in ("root", "train_size", "augment")))
     test = _test_split(config.root, frozen)
     limits = narrowest(config)
-    widest = math.ceil(2 * config.margin + config.max_digits * 28 * config.scale_max + (config.max_digits - 1) * config.gap_max)
+    cell_max = max(28 * config.scale_max, config.cell_min)
+    widest = math.ceil(2 * config.margin + config.max_digits * cell_max + (config.max_digits - 1) * config.gap_max)
     return crnnfw.DataModule(
         train=ComposedSplit(train_bank, config),
         test=test,

@@ -22,6 +22,8 @@ class SoftmaxConfig:
     def __post_init__(self) -> None:
         if self.pool not in ("last", "mean", "max"):
             raise ValueError(f"pool: '{self.pool}' is not one of last, mean, max")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -78,6 +80,8 @@ class SoftmaxHead(crnnfw.Head):
         return self.classifier(pooled)
 
     def loss(self, logits: Tensor, lengths: Tensor, batch: crnnfw.Batch) -> Tensor:
+        if batch.targets.dim() != 1:
+            raise ValueError("the softmax head needs one class label per image, but the batch holds label sequences")
         return F.cross_entropy(logits.float(), batch.targets, label_smoothing=self.config.label_smoothing)
 
     def decode(self, logits: Tensor, lengths: Tensor) -> crnnfw.Decoded:

@@ -90,3 +90,12 @@ def test_component_section_needs_a_name(tmp_path, cli):
     result = cli("config", path)
     assert result.code == 2
     assert "model.encoder: expected a mapping with a 'name' key" in result.err
+
+
+def test_swapping_a_component_by_override_drops_the_files_options_for_the_old_one(cli):
+    swapped = cli("config", MNIST_CONFIG, "model.head.name=ctc", "model.head.decoder=beam")
+    assert swapped.code == 0, swapped.err
+    head = OmegaConf.create(swapped.out).model.head
+    assert head.name == "ctc" and head.decoder == "beam" and "pool" not in head
+    kept = OmegaConf.create(cli("config", MNIST_CONFIG, "model.head.name=softmax").out).model.head
+    assert kept.label_smoothing == 0.1  # same component: the file's options stay

@@ -76,6 +76,22 @@ def test_length_check_fires_before_training(cli):
     assert result.code == 2 and "needs at least" in result.err and "Traceback" not in result.err
 
 
+@pytest.mark.parametrize(
+    "data, head, message",
+    [
+        ("{name: mnist, train_limit: 64, test_limit: 64}", "ctc", "head 'ctc' cannot compute its loss on this dataset's batches (the ctc head needs label sequences"),
+        ("{name: multidigit, train_size: 64, test_size: 64}", "softmax", "head 'softmax' cannot compute its loss on this dataset's batches (the softmax head needs one class label per image"),
+    ],
+)
+def test_head_and_dataset_must_agree_on_labels(tmp_path, cli, data, head, message):
+    path = tmp_path / "pair.yaml"
+    path.write_text(f"data: {data}\nmodel:\n  head:\n    name: {head}\n")
+    result = cli("run", path, f"output_dir={tmp_path}")
+    assert result.code == 2
+    assert message in result.err and len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # stopped before a run directory was made
+
+
 def brute_force(probs: torch.Tensor, charset: str) -> tuple[str, float]:
     """The most probable string by summing every path of a tiny (T, C) distribution."""
     totals: dict[str, float] = {}

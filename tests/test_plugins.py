@@ -50,7 +50,7 @@ def test_duplicate_name_is_an_error_naming_both_providers(extra_plugin):
         register("cnn", lambda cfg, **kw: None, config=NoOptions)
 
     extra_plugin("clashing", crnnfw_register_backbones=register_clash)
-    with pytest.raises(PluginError, match="backbone 'cnn' is registered twice: by 'builtins' and by 'clashing'"):
+    with pytest.raises(PluginError, match=r"backbone 'cnn' is registered twice: by plugin 'builtins' \(crnnfw .*\) and by plugin 'clashing' \(registered in code\)"):
         get_host()
 
 
@@ -130,3 +130,16 @@ def test_hookspecs_document_every_hook():
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__
         assert "Factory signature" in doc, name
+
+
+def test_plugin_guide_documents_every_hook_as_specified():
+    from crnnfw import hookspecs
+
+    from .conftest import ROOT
+
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    for name in dir(hookspecs):
+        if name.startswith("crnnfw_register_"):
+            assert f"### `{name}`" in guide, name
+            signature = next(line.strip() for line in getattr(hookspecs, name).__doc__.splitlines() if "Factory signature" in line)
+            assert " ".join(signature.split()) in " ".join(guide.split()), name

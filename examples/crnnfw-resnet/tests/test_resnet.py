@@ -1,0 +1,29 @@
+"""The example plugin passes crnnfw's conformance kit and is found through its entry point."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from crnnfw.testing import check_backbone
+from crnnfw_resnet import ResNetBackbone, ResNetConfig
+
+
+@pytest.mark.parametrize("height", [28, 32])
+def test_resnet_conforms(height):
+    torch.manual_seed(0)
+    check_backbone(ResNetBackbone(ResNetConfig(), in_channels=1), in_channels=1, in_height=height)
+
+
+def test_deeper_resnet_with_width_preserving_strides_conforms():
+    torch.manual_seed(0)
+    config = ResNetConfig(channels=[16, 32, 64, 64], blocks=[2, 1, 1, 1], strides=[[2, 2], [2, 1], [2, 1], [1, 1]])
+    backbone = ResNetBackbone(config, in_channels=1)
+    assert backbone.out_lengths(torch.tensor([100]))[0] == 50
+    check_backbone(backbone, in_channels=1, in_height=32, widths=(37, 64, 101))
+
+
+def test_crnnfw_lists_the_plugin():
+    listing = subprocess.run([sys.executable, "-m", "crnnfw", "plugins"], capture_output=True, text=True, check=True)
+    assert "resnet" in listing.stdout and "crnnfw-resnet" in listing.stdout

@@ -1,0 +1,174 @@
+"""The conformance kit: checks a plugin author calls from their own tests.
+
+Each ``check_*`` function builds small real inputs, runs the component against its stage
+contract and raises :class:`ConformanceError` (an AssertionError, so pytest reports it like a
+failed assert) naming the rule that broke::
+
+    from crnnfw.testing import check_backbone
+
+    def test_my_backbone_conforms():
+        check_backbone(MyBackbone(MyConfig(), in_channels=1), in_channels=1, in_height=32)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .batch import Batch
+from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder
+
+#: Default widths: none divisible by 2, 4 or 8, so stride rounding is exercised.
+WIDTHS = (29, 53, 67)
+
+
+class ConformanceError(AssertionError):
+    """A component breaks its stage contract."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConformanceError(message)
+
+
+def _padded(samples: list[Tensor], extra: int) -> Tensor:
+    """Right-pad ``(C, H, W_i)`` samples with zeros to the widest plus ``extra`` columns."""
+    width = max(s.shape[-1] for s in samples) + extra
+    batch = torch.zeros(len(samples), *samples[0].shape[:-1], width)
+    for i, s in enumerate(samples):
+        batch[i, ..., : s.shape[-1]] = s
+    return batch
+
+
+def _check_gradients(module: nn.Module, loss: Tensor, what: str) -> None:
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            _require(param.grad is not None, f"{what}: no gradient reaches parameter '{name}'")
+            _require(bool(torch.isfinite(param.grad).all()), f"{what}: the gradient of '{name}' is not finite")
+            _require(bool(param.grad.abs().sum() > 0), f"{what}: the gradient of '{name}' is all zero")
+
+
+def check_backbone(
+    backbone: Backbone,
+    *,
+    in_channels: int = 1,
+    in_height: int = 32,
+    widths: Sequence[int] = WIDTHS,
+    atol: float = 1e-5,
+    seed: int = 0,
+) -> None:
+    """Shapes, lengths, padding invariance and gradients of a backbone.
+
+    - ``forward`` returns ``(N, out_channels, out_height(in_height), W')`` features and lengths
+      equal to ``out_lengths(widths)``, each between 1 and ``W'``;
+    - each sample's features over its valid steps are the same alone and inside a batch padded
+      wider (eval mode, within ``atol``);
+    - in train mode, a loss over the valid features sends a finite, non-zero gradient to every
+      trainable parameter.
+    """
+    _require(isinstance(backbone, Backbone), f"{type(backbone).__name__} is not a crnnfw.Backbone")
+    _require(isinstance(getattr(backbone, "out_channels", None), int) and backbone.out_channels > 0,
+             "out_channels must be a positive int")
+    generator = torch.Generator().manual_seed(seed)
+    samples = [torch.rand(in_channels, in_height, w, generator=generator) for w in widths]
+    images = _padded(samples, extra=19)
+    width_tensor = torch.tensor(list(widths))
+    backbone.eval()
+    with torch.no_grad():
+        features, lengths = backbone(images, width_tensor)
+        expected = (len(widths), backbone.out_channels, backbone.out_height(in_height))
+        _require(features.dim() == 4 and tuple(features.shape[:3]) == expected,
+                 f"features are {tuple(features.shape)}; declared (N, out_channels, out_height) is {expected}")
+        promised = backbone.out_lengths(width_tensor)
+        _require(torch.equal(lengths.cpu().long(), promised.cpu().long()),
+                 f"forward returned lengths {lengths.tolist()} for widths {list(widths)}; out_lengths says {promised.tolist()}")
+        _require(int(lengths.min()) >= 1 and int(lengths.max()) <= features.shape[3],
+                 f"lengths {lengths.tolist()} must lie in 1..{features.shape[3]} (the feature-map width)")
+        for i, sample in enumerate(samples):
+            alone, alone_lengths = backbone(sample.unsqueeze(0), width_tensor[i : i + 1])
+            n = int(alone_lengths[0])
+            _require(n == int(lengths[i]), f"width {widths[i]}: length {n} alone but {int(lengths[i])} in a batch")
+            difference = (features[i, ..., :n] - alone[0, ..., :n]).abs().max().item()
+            _require(difference <= atol,
+                     f"width {widths[i]}: features differ by {difference:.2e} alone and inside a padded batch "
+                     "(padding leaks into valid steps; mask features past each sample's length)")
+    backbone.train()
+    features, lengths = backbone(images, width_tensor)
+    mask = (torch.arange(features.shape[3]).unsqueeze(0) < lengths.unsqueeze(1)).to(features.dtype)
+    _check_gradients(backbone, (features * mask[:, None, None, :]).pow(2).mean(), "backbone")
+
+
+def check_encoder(
+    encoder: SequenceEncoder,
+    *,
+    in_features: int,
+    lengths: Sequence[int] = (3, 11, 17),
+    atol: float = 1e-5,
+    seed: int = 0,
+) -> None:
+    """Shape, padding invariance and gradients of a sequence encoder.
+
+    - ``forward(seq (N, T, in_features), lengths)`` returns ``(N, T, out_features)``;
+    - steps past a sample's length, whatever they hold, do not change its valid steps, and a
+      sample gives the same valid steps alone (eval mode, within ``atol``);
+    - a loss over the valid steps sends gradients to every trainable parameter.
+    """
+    _require(isinstance(encoder, SequenceEncoder), f"{type(encoder).__name__} is not a crnnfw.SequenceEncoder")
+    generator = torch.Generator().manual_seed(seed)
+    steps = max(lengths) + 5
+    seq = torch.randn(len(lengths), steps, in_features, generator=generator)
+    length_tensor = torch.tensor(list(lengths))
+    encoder.eval()
+    with torch.no_grad():
+        out = encoder(seq, length_tensor)
+        _require(tuple(out.shape) == (len(lengths), steps, encoder.out_features),
+                 f"output is {tuple(out.shape)}; expected {(len(lengths), steps, encoder.out_features)}")
+        noisy = seq.clone()
+        for i, n in enumerate(lengths):
+            noisy[i, n:] = 1e3 * torch.randn(steps - n, in_features, generator=generator)
+        changed = encoder(noisy, length_tensor)
+        for i, n in enumerate(lengths):
+            alone = encoder(seq[i : i + 1, :n], length_tensor[i : i + 1])
+            for other, how in ((changed[i, :n], "when the padding changes"), (alone[0], "alone and in a batch")):
+                difference = (out[i, :n] - other).abs().max().item()
+                _require(difference <= atol, f"length {n}: valid steps differ by {difference:.2e} {how}")
+    encoder.train()
+    out = encoder(seq, length_tensor)
+    mask = (torch.arange(steps).unsqueeze(0) < length_tensor.unsqueeze(1)).to(out.dtype)
+    _check_gradients(encoder, (out * mask.unsqueeze(-1)).pow(2).mean(), "encoder")
+
+
+def check_head(head: Head, batch: Batch, *, in_features: int, steps: int = 20, seed: int = 0) -> None:
+    """Loss, decoding, metrics and gradients of a head on a real ``batch`` of targets.
+
+    - ``loss`` is a finite scalar and sends gradients to every trainable parameter;
+    - ``decode`` returns one text and one confidence in [0, 1] per sample;
+    - ``metrics()`` accumulates the decoded batch and ``compute`` returns its ``main`` figure;
+    - ``min_steps`` of a one-symbol label is at least 1.
+    """
+    _require(isinstance(head, Head), f"{type(head).__name__} is not a crnnfw.Head")
+    generator = torch.Generator().manual_seed(seed)
+    n = len(batch)
+    seq = torch.randn(n, steps, in_features, generator=generator)
+    lengths = torch.full((n,), steps)
+    head.train()
+    logits = head(seq, lengths)
+    loss = head.loss(logits, lengths, batch)
+    _require(loss.dim() == 0 and bool(torch.isfinite(loss)), f"loss must be a finite scalar, got {loss}")
+    _check_gradients(head, loss, "head")
+    head.eval()
+    with torch.no_grad():
+        decoded = head.decode(head(seq, lengths), lengths)
+    _require(isinstance(decoded, Decoded) and len(decoded.texts) == n and len(decoded.confidences) == n,
+             "decode must return a crnnfw.Decoded with one text and one confidence per sample")
+    _require(bool(((decoded.confidences >= 0) & (decoded.confidences <= 1)).all()), "confidences must lie in [0, 1]")
+    metrics = head.metrics()
+    _require(isinstance(metrics, Metrics), "metrics() must return a crnnfw.Metrics")
+    metrics.update(decoded, batch)
+    scores = metrics.compute()
+    _require(metrics.main in scores, f"metrics.compute() lacks its main figure '{metrics.main}'")
+    _require(head.min_steps(1) >= 1, "min_steps(1) must be at least 1")

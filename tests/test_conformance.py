@@ -1,0 +1,86 @@
+"""Every built-in component passes the conformance kit that plugin authors use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import crnnfw
+from crnnfw.testing import ConformanceError, check_backbone, check_encoder, check_head
+from crnnfw_plugins.cnn import CNNBackbone, CNNConfig
+from crnnfw_plugins.ctc import CTCConfig, CTCHead
+from crnnfw_plugins.lstm import LSTMConfig, LSTMEncoder
+from crnnfw_plugins.softmax import SoftmaxConfig, SoftmaxHead
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"padding": "valid", "batch_norm": True},
+        {"channels": [16, 32, 64, 96], "pools": [[2, 2], [2, 2], [2, 1], [2, 1]], "batch_norm": True, "activation": "gelu"},
+    ],
+)
+def test_cnn_conforms(options):
+    torch.manual_seed(0)
+    check_backbone(CNNBackbone(CNNConfig(**options), in_channels=1), in_channels=1, in_height=32)
+
+
+@pytest.mark.parametrize("options", [{}, {"bidirectional": True}, {"cell": "gru", "bidirectional": True, "num_layers": 3}])
+def test_lstm_conforms(options):
+    torch.manual_seed(0)
+    check_encoder(LSTMEncoder(LSTMConfig(hidden_size=16, **options), in_features=12), in_features=12)
+
+
+@pytest.mark.parametrize("pool", ["last", "mean", "max"])
+def test_softmax_conforms(pool):
+    torch.manual_seed(0)
+    batch = crnnfw.Batch(torch.zeros(4, 1, 8, 8), torch.full((4,), 8), torch.tensor([0, 1, 2, 1]))
+    check_head(SoftmaxHead(SoftmaxConfig(pool=pool, hidden=[16]), in_features=12, classes=("a", "b", "c")), batch, in_features=12)
+
+
+def test_ctc_conforms():
+    torch.manual_seed(0)
+    batch = crnnfw.Batch(torch.zeros(3, 1, 8, 8), torch.full((3,), 8), torch.tensor([[1, 2, 0], [3, 0, 0], [0, 1, 2]]), torch.tensor([2, 1, 3]))
+    check_head(CTCHead(CTCConfig(), in_features=12, classes=tuple("0123")), batch, in_features=12)
+
+
+class LeakyBackbone(crnnfw.Backbone):
+    """A conv backbone that forgets to mask: padding leaks into the last valid columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.out_channels = 4
+
+    def out_height(self, in_height: int) -> int:
+        return in_height
+
+    def out_lengths(self, widths):
+        return widths
+
+    def forward(self, images, widths):
+        return self.conv(images + 1.0), widths
+
+
+class DeadEncoder(crnnfw.SequenceEncoder):
+    """Has a parameter that no gradient reaches."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_features, 4)
+        self.unused = nn.Linear(4, 4)
+        self.out_features = 4
+
+    def forward(self, seq, lengths):
+        return self.proj(seq)
+
+
+def test_the_kit_catches_contract_breaks():
+    with pytest.raises(ConformanceError, match="padding leaks into valid steps"):
+        check_backbone(LeakyBackbone(), in_height=8)
+    with pytest.raises(ConformanceError, match="no gradient reaches parameter 'unused.weight'"):
+        check_encoder(DeadEncoder(6), in_features=6)
+    with pytest.raises(ConformanceError, match="is not a crnnfw.Backbone"):
+        check_backbone(nn.Identity())
