@@ -87,8 +87,11 @@ class CNNBackbone(crnnfw.Backbone):
 
     def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
         x, lengths = images.contiguous(memory_format=torch.channels_last), widths  # oneDNN's fast layout
+        # Batches without padding (all MNIST) skip the masks; asking costs a device sync on a GPU,
+        # where masking anyway is cheaper.
+        padded = widths.device.type != "cpu" or bool((widths < images.shape[-1]).any())
         for block, after in zip(self.blocks, self._shrink(widths, 1)):
-            if self.same:
+            if self.same and padded:
                 x = x * crnnfw.length_mask(lengths, x.shape[-1]).to(x.dtype)[:, None, None, :]
             x = block(x)
             lengths = after.clamp(min=0)

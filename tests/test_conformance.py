@@ -18,7 +18,7 @@ from crnnfw_plugins.softmax import SoftmaxConfig, SoftmaxHead
     "options",
     [
         {},
-        {"padding": "valid", "batch_norm": True},
+        {"padding": "valid", "batch_norm": True, "channels": [8, 16, 32], "pools": [[2, 2], [2, 2], [2, 1]]},
         {"channels": [16, 32, 64, 96], "pools": [[2, 2], [2, 2], [2, 1], [2, 1]], "batch_norm": True, "activation": "gelu"},
     ],
 )

@@ -156,13 +156,13 @@ def test_sequence_metrics():
 
 
 def test_short_ctc_training_run(tmp_path, cli):
-    """Strings of 1-3 digits: 3 short epochs already read most characters right."""
+    """Strings of 1-3 digits: 3 epochs of 6,000 strings (about 25 s here) read 97% of characters right."""
     result = cli("run", CTC_CONFIG, "data.max_digits=3", "data.train_size=6000", "data.test_size=500",
                  "trainer.epochs=3", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "ctc").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     final = summary["final"]
-    assert final["test_cer"] <= 0.10
+    assert final["test_cer"] <= 0.06  # about 0.03 here
     assert {"test_accuracy", "test_ned", "test_accuracy_len1", "test_accuracy_len3"} <= set(final)
     assert "test_cer" in result.out.splitlines()[1] or "test_cer" in result.out

@@ -1,5 +1,6 @@
 """The example plugin passes crnnfw's conformance kit and is found through its entry point."""
 
+import json
 import subprocess
 import sys
 
@@ -24,6 +25,8 @@ def test_deeper_resnet_with_width_preserving_strides_conforms():
     check_backbone(backbone, in_channels=1, in_height=32, widths=(37, 64, 101))
 
 
-def test_crnnfw_lists_the_plugin():
-    listing = subprocess.run([sys.executable, "-m", "crnnfw", "plugins"], capture_output=True, text=True, check=True)
-    assert "resnet" in listing.stdout and "crnnfw-resnet" in listing.stdout
+def test_crnnfw_finds_the_plugin_through_its_entry_point():
+    listing = subprocess.run([sys.executable, "-m", "crnnfw", "plugins", "--json"], capture_output=True, text=True, check=True)
+    plugin = next(p for p in json.loads(listing.stdout) if p["name"] == "resnet")
+    assert plugin["distribution"] == "crnnfw-resnet" and plugin["error"] is None
+    assert [c["name"] for c in plugin["components"]] == ["resnet"]
