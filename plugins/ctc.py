@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -132,7 +133,7 @@ def greedy_decode(log_probs: Tensor, lengths: Tensor, charset: str) -> crnnfw.De
     codes = torch.where(keep, table[ids], torch.zeros_like(ids, dtype=torch.int32)).cpu()
     if all(ord(c) < 256 for c in charset):
         packed = codes.to(torch.uint8).contiguous()
-        raw = bytes(packed.untyped_storage())[: packed.numel()]
+        raw = ctypes.string_at(packed.data_ptr(), packed.numel())  # one copy of the whole batch
         texts = [raw[i * steps : (i + 1) * steps].replace(b"\0", b"").decode("latin-1") for i in range(len(ids))]
     else:
         texts = ["".join(chr(c) for c in row if c) for row in codes.tolist()]
