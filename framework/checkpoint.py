@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 FORMAT_VERSION = 1
 
@@ -48,11 +48,9 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused: not a plain crnnfw checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: refused: not a plain crnnfw checkpoint ({first_line(exc, 'unsafe content')})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or another file type): {detail}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or another file type): {first_line(exc)}") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a crnnfw checkpoint (no format_version)")
     if state["format_version"] != FORMAT_VERSION:

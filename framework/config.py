@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .registry import Registry, suggest
 
 #: Where each component section lives and which kind of component it names.
@@ -146,7 +146,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictC
     try:
         dotlist = OmegaConf.from_dotlist(list(overrides))
     except oc_errors.OmegaConfBaseException as exc:
-        raise ConfigError(f"overrides {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"overrides {' '.join(overrides)}: {first_line(exc)}") from None
     for section in COMPONENT_SECTIONS:
         # Swapping a component (model.backbone.name=resnet) drops the options the file gave the
         # old one: they belong to it. Options given as overrides still apply to the new one.
@@ -181,8 +181,9 @@ def component_config(registry: Registry, cfg: DictConfig, section: str, source: 
     try:
         schema = OmegaConf.structured(component.config)
     except oc_errors.OmegaConfBaseException as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{kind} '{name}' from plugin '{component.provider}' has a config class OmegaConf cannot use: {first}") from None
+        raise ConfigError(
+            f"{kind} '{name}' from plugin '{component.provider}' has a config class OmegaConf cannot use: {first_line(exc)}"
+        ) from None
     typed = _merge(schema, options, section, source)
     try:
         return OmegaConf.to_object(typed)  # runs the dataclass's __post_init__ checks

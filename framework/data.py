@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from .batch import Batch
 from .config import component_config
-from .errors import CrnnfwError, DataError
+from .errors import CrnnfwError, DataError, first_line
 from .registry import Registry
 
 BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
@@ -116,9 +116,9 @@ def build_data(cfg: DictConfig, registry: Registry) -> DataModule:
     except CrnnfwError:
         raise
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DataError(
-            f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') could not be built: {type(exc).__name__}: {detail}"
+            f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') could not be built: "
+            f"{type(exc).__name__}: {first_line(exc)}"
         ) from exc
     if not isinstance(data, DataModule):
         raise DataError(

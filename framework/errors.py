@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first line of an exception's message, so every error we print stays on one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else default or type(exc).__name__
+
+
 class CrnnfwError(Exception):
     """Base class for user-facing errors: the message says what is wrong and what to do."""
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .config import component_config
 from .data import DataModule
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .registry import Registry
 from .stages import Backbone, Head, SequenceEncoder
 
@@ -138,9 +138,8 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
                 logits, lengths = model(batch.images, batch.widths)
                 model.head.loss(logits, lengths, batch)
             except Exception as exc:
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ModelError(
-                    f"{stage('head')} cannot compute its loss on this dataset's batches ({detail}); "
+                    f"{stage('head')} cannot compute its loss on this dataset's batches ({first_line(exc)}); "
                     "pair a classification head (softmax) with class labels and a sequence head (ctc) with label sequences"
                 ) from exc
     finally:

@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, first_line
 from .registry import KINDS, DuplicateComponentError, Registry
 
 ENTRY_POINT_GROUP = "crnnfw"
@@ -108,8 +108,7 @@ def get_registry() -> Registry:
 
 
 def _fail(info: PluginInfo, what: str, exc: BaseException) -> None:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    info.error = f"{what}: {type(exc).__name__}: {detail}"
+    info.error = f"{what}: {type(exc).__name__}: {first_line(exc)}"
     if _env_flag("CRNNFW_STRICT_PLUGINS"):
         raise PluginError(f"plugin '{info.name}' ({info.distribution}) {info.error}") from exc
     print(f"crnnfw: warning: plugin '{info.name}' ({info.distribution}) {info.error}", file=sys.stderr)
