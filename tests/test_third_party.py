@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def site(tmp_path_factory):
     """A site folder holding the example plugin and a freshly scaffolded one, both installed."""
     work = tmp_path_factory.mktemp("third_party")
     site = work / "site"
-    pip_install(EXAMPLE, site)
+    pip_install(shutil.copytree(EXAMPLE, work / "crnnfw-resnet", ignore=shutil.ignore_patterns("build", "*.egg-info")), site)
     made = crnnfw(site, "new-plugin", "acme-backbone", "--dir", work)
     assert made.returncode == 0, made.stderr
     pip_install(work / "acme-backbone", site)
