@@ -248,8 +248,9 @@ class Trainer:
                     "img/s": round(row["images_per_s"]),
                     "time_s": f"{epoch_seconds:.1f}",
                 })
-                if monitor.breakdown(scores):
-                    out.info(monitor.breakdown(scores))
+                breakdown = monitor.breakdown(scores)
+                if breakdown:
+                    out.info(breakdown)
 
                 # Checkpoints: last every epoch, best when the monitored metric improved.
                 state = {
