@@ -10,7 +10,7 @@ from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, ModelE
 from .hookspecs import hookimpl
 from .metrics import SequenceScores, edit_distance
 from .model import Model, build_model, check_model, collapse_height
-from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask
+from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask, mask_padding
 from .version import __version__
 
 __all__ = [
@@ -42,4 +42,5 @@ __all__ = [
     "edit_distance",
     "hookimpl",
     "length_mask",
+    "mask_padding",
 ]

@@ -24,6 +24,13 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def target_texts(self, classes: tuple[str, ...]) -> list[str]:
+        """Each sample's target as text: its class name, or its label's characters joined."""
+        rows = self.targets.cpu().tolist()
+        if self.target_lengths is None:
+            return [classes[i] for i in rows]
+        return ["".join(classes[i] for i in row[:n]) for row, n in zip(rows, self.target_lengths.cpu().tolist())]
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """The same batch with every tensor on ``device``."""
         moved = {

@@ -47,6 +47,27 @@ class DataModule:
     max_width: int
     #: For sequence labels: label length -> the narrowest image width it comes with.
     narrowest: dict[int, int] | None = None
+    #: ``light-on-dark`` (bright ink on a dark background, like MNIST) or ``dark-on-light`` (scans);
+    #: prediction turns users' images this way round.
+    polarity: str = "light-on-dark"
+
+
+POLARITIES = ("light-on-dark", "dark-on-light")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a trained model expects of an image: saved in checkpoints and exported models."""
+
+    channels: int
+    height: int
+    min_width: int
+    max_width: int
+    polarity: str
+
+    @classmethod
+    def of(cls, data: DataModule) -> "InputSpec":
+        return cls(data.channels, data.height, data.min_width, data.max_width, data.polarity)
 
 
 class TensorSplit:
@@ -125,6 +146,8 @@ def build_data(cfg: DictConfig, registry: Registry) -> DataModule:
             f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') returned "
             f"{type(data).__name__}, not a crnnfw.DataModule"
         )
+    if data.polarity not in POLARITIES:
+        raise DataError(f"data: dataset '{cfg.data.name}' declares polarity '{data.polarity}'; use one of {', '.join(POLARITIES)}")
     for split in ("train", "test"):
         if len(getattr(data, split)) == 0:
             raise DataError(f"data: dataset '{cfg.data.name}' has an empty {split} split; check data.root and the limits")

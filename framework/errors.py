@@ -39,3 +39,11 @@ class TrainingError(CrnnfwError):
     """Training cannot go on (for example a non-finite loss)."""
 
     exit_code = 1
+
+
+class ExportError(CrnnfwError):
+    """A model cannot be exported, or the exported model disagrees with PyTorch."""
+
+
+class ImageError(CrnnfwError):
+    """An image file cannot be read."""

@@ -26,6 +26,8 @@ class SequenceScores:
     - ``cer``: total edit distance over total reference length.
     - ``ned``: mean of edit distance / max(len(reference), len(prediction)).
     - ``accuracy_len{n}``: exact-match accuracy of references with ``n`` characters.
+
+    :meth:`per_length` gives the same breakdown with counts and CER, as table rows.
     """
 
     def __init__(self) -> None:
@@ -34,7 +36,7 @@ class SequenceScores:
         self.edits = 0
         self.ref_chars = 0
         self.ned_sum = 0.0
-        self.by_length: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        self.by_length: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])  # exact, count, edits
 
     def add(self, predictions: Sequence[str], references: Sequence[str]) -> None:
         for hyp, ref in zip(predictions, references, strict=True):
@@ -47,6 +49,7 @@ class SequenceScores:
             bucket = self.by_length[len(ref)]
             bucket[0] += distance == 0
             bucket[1] += 1
+            bucket[2] += distance
 
     def compute(self) -> dict[str, float]:
         out = {
@@ -55,6 +58,13 @@ class SequenceScores:
             "ned": self.ned_sum / self.count if self.count else 0.0,
         }
         for length in sorted(self.by_length):
-            right, total = self.by_length[length]
+            right, total, _ = self.by_length[length]
             out[f"accuracy_len{length}"] = right / total
         return out
+
+    def per_length(self) -> list[dict[str, float | int]]:
+        """One row per reference length: how many, exact-match accuracy and CER."""
+        return [
+            {"length": length, "count": total, "accuracy": right / total, "cer": edits / (length * total) if length else 0.0}
+            for length, (right, total, edits) in sorted(self.by_length.items())
+        ]

@@ -63,20 +63,28 @@ def _build(registry: Registry, cfg: DictConfig, section: str, kind: str, expecte
     return stage
 
 
-def build_model(cfg: DictConfig, data: DataModule, registry: Registry) -> Model:
-    """The model a resolved config describes, sized for ``data`` and checked by :func:`check_model`."""
+def assemble(cfg: DictConfig, registry: Registry, *, channels: int, height: int, classes: tuple[str, ...]) -> Model:
+    """The model a resolved config describes for images of ``channels`` x ``height`` and these classes.
+
+    Needs no data, so a checkpoint's model can be rebuilt from its config and input spec alone.
+    """
     collapse = cfg.model.collapse
-    backbone = _build(registry, cfg, "model.backbone", "backbone", Backbone, in_channels=data.channels, in_height=data.height)
-    out_height = backbone.out_height(data.height)
+    backbone = _build(registry, cfg, "model.backbone", "backbone", Backbone, in_channels=channels, in_height=height)
+    out_height = backbone.out_height(height)
     if out_height < 1:
         raise ModelError(
-            f"model.backbone: '{cfg.model.backbone.name}' shrinks images of height {data.height} to nothing; "
+            f"model.backbone: '{cfg.model.backbone.name}' shrinks images of height {height} to nothing; "
             "use less pooling or taller images"
         )
     in_features = backbone.out_channels * (out_height if collapse == "flatten" else 1)
     encoder = _build(registry, cfg, "model.encoder", "encoder", SequenceEncoder, in_features=in_features)
-    head = _build(registry, cfg, "model.head", "head", Head, in_features=encoder.out_features, classes=data.classes)
-    model = Model(backbone, encoder, head, collapse)
+    head = _build(registry, cfg, "model.head", "head", Head, in_features=encoder.out_features, classes=tuple(classes))
+    return Model(backbone, encoder, head, collapse)
+
+
+def build_model(cfg: DictConfig, data: DataModule, registry: Registry) -> Model:
+    """The model a resolved config describes, sized for ``data`` and checked by :func:`check_model`."""
+    model = assemble(cfg, registry, channels=data.channels, height=data.height, classes=data.classes)
     check_model(model, data, names={s: OmegaConf.select(cfg, f"model.{s}.name") for s in ("backbone", "encoder", "head")})
     return model
 

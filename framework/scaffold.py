@@ -21,7 +21,7 @@ requires-python = ">=3.10"
 dependencies = ["crnnfw>={crnnfw_version},<{next_minor}"]  # a crnnfw minor release may change the plugin contract
 
 [project.optional-dependencies]
-test = ["pytest>=8"]
+test = ["pytest>=8", "crnnfw[onnx]"]  # the conformance kit also checks ONNX export
 
 # crnnfw discovers the plugin through this entry-point group.
 [project.entry-points.crnnfw]
@@ -90,7 +90,7 @@ class {cls}(crnnfw.Backbone):
     def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
         x, lengths = images, widths
         for block, pool_width in zip(self.blocks, self.pool_widths):
-            x = x * crnnfw.length_mask(lengths, x.shape[-1]).to(x.dtype)[:, None, None, :]
+            x = crnnfw.mask_padding(x, lengths)
             x = block(x)
             lengths = lengths // pool_width
         return x, lengths
@@ -101,7 +101,7 @@ def crnnfw_register_backbones(register):
     register("{package}", {cls}.from_config, config={cls}Config, description="{dist} backbone")
 '''
 
-TEST = '''"""The backbone keeps crnnfw's stage contract (shapes, lengths, padding, gradients)."""
+TEST = '''"""The backbone keeps crnnfw's stage contract (shapes, lengths, padding, gradients, ONNX export)."""
 
 import torch
 
@@ -127,6 +127,7 @@ A backbone plugin for crnnfw, registered as `{package}`.
 pip install -e .                   # into the environment that has crnnfw
 crnnfw plugins                     # lists '{package}'
 crnnfw plugins show {package}      # its options
+pip install -e '.[test]'          # pytest and the ONNX packages the conformance kit uses
 pytest tests                       # crnnfw's conformance kit
 # from a crnnfw checkout (or any config of yours):
 crnnfw run configs/mnist_crnn.yaml model.backbone.name={package}

@@ -8,7 +8,9 @@ result is therefore the same alone or inside a batch padded to a wider image.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,15 @@ from .batch import Batch
 def length_mask(lengths: Tensor, size: int) -> Tensor:
     """Boolean ``(N, size)`` mask, True at steps before each sample's length."""
     return torch.arange(size, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def mask_padding(features: Tensor, lengths: Tensor) -> Tensor:
+    """Zero the columns of ``(N, C, H, W)`` features at or past each sample's length.
+
+    Call it before a convolution that reads across the width, so a sample padded inside a
+    wide batch sees the same zeros at its edge as one processed alone.
+    """
+    return features * length_mask(lengths, features.shape[-1]).to(features.dtype)[:, None, None, :]
 
 
 class Backbone(nn.Module, ABC):
@@ -89,6 +100,16 @@ class Metrics(ABC):
         """An optional line printed under the epoch's table row (e.g. accuracy per length)."""
         return ""
 
+    def report(self) -> dict[str, list[dict[str, Any]]]:
+        """Named tables ``crnnfw eval`` prints and saves (e.g. per class, per length): each a
+        list of rows sharing their keys. Optional."""
+        return {}
+
+    def confusion(self) -> list[list[int]] | None:
+        """Classification only: ``counts[truth][prediction]`` over everything added, drawn as
+        ``confusion.png``. Optional."""
+        return None
+
 
 class Head(nn.Module, ABC):
     """Owns the task: logits from the sequence, the loss, decoding and metrics."""
@@ -110,6 +131,18 @@ class Head(nn.Module, ABC):
     @abstractmethod
     def metrics(self) -> Metrics:
         """A fresh metrics accumulator for this task."""
+
+    def decode_beam(self, logits: Tensor, lengths: Tensor, beam_width: int) -> Decoded:
+        """Beam-search decoding (``crnnfw predict --beam N``) where the task has one; by default
+        the same as :meth:`decode`, which is exact for one label per image."""
+        return self.decode(logits, lengths)
+
+    def export_metadata(self) -> dict[str, str]:
+        """How to decode the logits without crnnfw: stored in exported models' metadata.
+
+        The default describes one class per image: ``argmax`` over ``(N, classes)`` logits.
+        """
+        return {"decoder": "argmax", "classes": json.dumps(list(self.classes))}
 
     def min_steps(self, label_length: int) -> int:
         """The fewest sequence steps this head needs for a label of ``label_length`` symbols.

@@ -17,7 +17,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from . import export
 from .batch import Batch
+from .errors import ExportError, first_line
 from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder
 
 #: Default widths: none divisible by 2, 4 or 8, so stride rounding is exercised.
@@ -52,6 +54,50 @@ def _check_gradients(module: nn.Module, loss: Tensor, what: str) -> None:
             _require(bool(param.grad.abs().sum() > 0), f"{what}: the gradient of '{name}' is all zero")
 
 
+def _as_tuple(outputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _check_onnx(
+    module: nn.Module,
+    trace: tuple[Tensor, Tensor],
+    runs: list[tuple[Tensor, Tensor]],
+    names: tuple[tuple[str, str], tuple[str, ...]],
+    axis: int,
+    atol: float,
+) -> None:
+    """Export ``module`` traced on ``trace`` with dynamic batch and axis ``axis`` of the first input,
+    then run ONNX Runtime on ``runs`` (other batch sizes and widths) against eager PyTorch."""
+    (first, second), outputs = names
+    module.eval()
+    with torch.no_grad():
+        traced_out = _as_tuple(module(*trace))
+    dynamic = {first: {0: "batch", axis: "size"}, second: {0: "batch"}}
+    for name, out in zip(outputs, traced_out):
+        dynamic[name] = {0: "batch", **({1: "steps"} if out.dim() >= 3 and axis == 1 else {}), **({3: "steps"} if out.dim() == 4 else {})}
+    size = trace[0].shape[axis]
+    try:
+        session = export.onnx_session(export.to_onnx(module, trace, input_names=(first, second), output_names=outputs, dynamic_axes=dynamic))
+    except ExportError as exc:
+        message = str(exc)
+        if export.INSTALL_HINT in message:
+            message += ", or pass onnx=False to skip the export check"
+        raise ConformanceError(message) from None
+    for inputs in runs:
+        with torch.no_grad():
+            reference = _as_tuple(module(*inputs))
+        where = f"exported at size {size}, run at batch {inputs[0].shape[0]} and size {inputs[0].shape[axis]}"
+        try:
+            got = export.run_onnx(session, {first: inputs[0], second: inputs[1]})
+        except Exception as exc:
+            raise ConformanceError(
+                f"ONNX: {where}: ONNX Runtime fails ({first_line(exc)}); a size computed in Python was "
+                "frozen into the graph: derive sizes from tensor shapes and tensor ops"
+            ) from None
+        problem = export.compare(reference, got, outputs, atol)
+        _require(problem is None, f"ONNX: {where}: {problem}; the graph froze a value that depends on the input size")
+
+
 def check_backbone(
     backbone: Backbone,
     *,
@@ -60,15 +106,18 @@ def check_backbone(
     widths: Sequence[int] = WIDTHS,
     atol: float = 1e-5,
     seed: int = 0,
+    onnx: bool = True,
 ) -> None:
-    """Shapes, lengths, padding invariance and gradients of a backbone.
+    """Shapes, lengths, padding invariance, gradients and ONNX export of a backbone.
 
     - ``forward`` returns ``(N, out_channels, out_height(in_height), W')`` features and lengths
       equal to ``out_lengths(widths)``, each between 1 and ``W'``;
     - each sample's features over its valid steps are the same alone and inside a batch padded
       wider (eval mode, within ``atol``);
     - in train mode, a loss over the valid features sends a finite, non-zero gradient to every
-      trainable parameter.
+      trainable parameter;
+    - with ``onnx`` (needs ``crnnfw[onnx]``), it exports to ONNX traced at one width and batch,
+      and ONNX Runtime matches PyTorch (within 1e-4) at the other widths and batch sizes.
     """
     _require(isinstance(backbone, Backbone), f"{type(backbone).__name__} is not a crnnfw.Backbone")
     _require(isinstance(getattr(backbone, "out_channels", None), int) and backbone.out_channels > 0,
@@ -96,6 +145,12 @@ def check_backbone(
             _require(difference <= atol,
                      f"width {widths[i]}: features differ by {difference:.2e} alone and inside a padded batch "
                      "(padding leaks into valid steps; mask features past each sample's length)")
+    if onnx:
+        trace_widths = [max(widths) + 11, max(widths) // 2 + 3]
+        trace = (_padded([torch.rand(in_channels, in_height, w, generator=generator) for w in trace_widths], extra=4),
+                 torch.tensor(trace_widths))
+        runs = [(images, width_tensor), (samples[0].unsqueeze(0), width_tensor[:1])]
+        _check_onnx(backbone, trace, runs, (("images", "widths"), ("features", "lengths")), 3, max(atol, 1e-4))
     backbone.train()
     features, lengths = backbone(images, width_tensor)
     mask = (torch.arange(features.shape[3]).unsqueeze(0) < lengths.unsqueeze(1)).to(features.dtype)
@@ -109,13 +164,15 @@ def check_encoder(
     lengths: Sequence[int] = (3, 11, 17),
     atol: float = 1e-5,
     seed: int = 0,
+    onnx: bool = True,
 ) -> None:
-    """Shape, padding invariance and gradients of a sequence encoder.
+    """Shape, padding invariance, gradients and ONNX export of a sequence encoder.
 
     - ``forward(seq (N, T, in_features), lengths)`` returns ``(N, T, out_features)``;
     - steps past a sample's length, whatever they hold, do not change its valid steps, and a
       sample gives the same valid steps alone (eval mode, within ``atol``);
-    - a loss over the valid steps sends gradients to every trainable parameter.
+    - a loss over the valid steps sends gradients to every trainable parameter;
+    - with ``onnx``, it exports with dynamic batch and length and ONNX Runtime matches PyTorch.
     """
     _require(isinstance(encoder, SequenceEncoder), f"{type(encoder).__name__} is not a crnnfw.SequenceEncoder")
     generator = torch.Generator().manual_seed(seed)
@@ -136,19 +193,24 @@ def check_encoder(
             for other, how in ((changed[i, :n], "when the padding changes"), (alone[0], "alone and in a batch")):
                 difference = (out[i, :n] - other).abs().max().item()
                 _require(difference <= atol, f"length {n}: valid steps differ by {difference:.2e} {how}")
+    if onnx:
+        trace = (torch.randn(2, steps + 7, in_features, generator=generator), torch.tensor([steps + 7, steps - 2]))
+        runs = [(seq, length_tensor), (seq[:1, : lengths[0]], length_tensor[:1])]
+        _check_onnx(encoder, trace, runs, (("seq", "lengths"), ("encoded",)), 1, max(atol, 1e-4))
     encoder.train()
     out = encoder(seq, length_tensor)
     mask = (torch.arange(steps).unsqueeze(0) < length_tensor.unsqueeze(1)).to(out.dtype)
     _check_gradients(encoder, (out * mask.unsqueeze(-1)).pow(2).mean(), "encoder")
 
 
-def check_head(head: Head, batch: Batch, *, in_features: int, steps: int = 20, seed: int = 0) -> None:
-    """Loss, decoding, metrics and gradients of a head on a real ``batch`` of targets.
+def check_head(head: Head, batch: Batch, *, in_features: int, steps: int = 20, seed: int = 0, onnx: bool = True) -> None:
+    """Loss, decoding, metrics, gradients and ONNX export of a head on a real ``batch`` of targets.
 
     - ``loss`` is a finite scalar and sends gradients to every trainable parameter;
     - ``decode`` returns one text and one confidence in [0, 1] per sample;
     - ``metrics()`` accumulates the decoded batch and ``compute`` returns its ``main`` figure;
-    - ``min_steps`` of a one-symbol label is at least 1.
+    - ``min_steps`` of a one-symbol label is at least 1;
+    - with ``onnx``, ``forward`` exports with dynamic batch and length and ONNX Runtime matches PyTorch.
     """
     _require(isinstance(head, Head), f"{type(head).__name__} is not a crnnfw.Head")
     generator = torch.Generator().manual_seed(seed)
@@ -172,3 +234,9 @@ def check_head(head: Head, batch: Batch, *, in_features: int, steps: int = 20, s
     scores = metrics.compute()
     _require(metrics.main in scores, f"metrics.compute() lacks its main figure '{metrics.main}'")
     _require(head.min_steps(1) >= 1, "min_steps(1) must be at least 1")
+    _require(all(isinstance(k, str) and isinstance(v, str) for k, v in head.export_metadata().items()),
+             "export_metadata() must map strings to strings")
+    if onnx:
+        trace = (torch.randn(2, steps + 5, in_features, generator=generator), torch.tensor([steps + 5, steps]))
+        runs = [(seq, lengths), (seq[:1, :3], lengths[:1].clamp(max=3))]
+        _check_onnx(head, trace, runs, (("seq", "lengths"), ("logits",)), 1, 1e-4)

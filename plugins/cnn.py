@@ -88,11 +88,11 @@ class CNNBackbone(crnnfw.Backbone):
     def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
         x, lengths = images.contiguous(memory_format=torch.channels_last), widths  # oneDNN's fast layout
         # Batches without padding (all MNIST) skip the masks; asking costs a device sync on a GPU,
-        # where masking anyway is cheaper.
-        padded = widths.device.type != "cpu" or bool((widths < images.shape[-1]).any())
+        # where masking anyway is cheaper, and an exported graph must keep them for any batch.
+        padded = widths.device.type != "cpu" or torch.jit.is_tracing() or bool((widths < images.shape[-1]).any())
         for block, after in zip(self.blocks, self._shrink(widths, 1)):
             if self.same and padded:
-                x = x * crnnfw.length_mask(lengths, x.shape[-1]).to(x.dtype)[:, None, None, :]
+                x = crnnfw.mask_padding(x, lengths)
             x = block(x)
             lengths = after.clamp(min=0)
         return x, lengths

@@ -47,10 +47,7 @@ class SequenceMetrics(crnnfw.Metrics):
         self.scores = crnnfw.SequenceScores()
 
     def update(self, decoded: crnnfw.Decoded, batch: crnnfw.Batch) -> None:
-        rows = batch.targets.cpu().tolist()
-        lengths = batch.target_lengths.cpu().tolist()
-        references = ["".join(self.classes[i] for i in row[:n]) for row, n in zip(rows, lengths)]
-        self.scores.add(decoded.texts, references)
+        self.scores.add(decoded.texts, batch.target_texts(self.classes))
 
     def compute(self) -> dict[str, float]:
         return self.scores.compute()
@@ -58,6 +55,9 @@ class SequenceMetrics(crnnfw.Metrics):
     def breakdown(self, scores: dict[str, float]) -> str:
         parts = [f"{k.removeprefix('accuracy_len')}: {v:.2%}" for k, v in scores.items() if k.startswith("accuracy_len")]
         return "  accuracy by length  " + "  ".join(parts) if parts else ""
+
+    def report(self) -> dict[str, list[dict[str, float | int]]]:
+        return {"per_length": self.scores.per_length()}
 
 
 class CTCHead(crnnfw.Head):
@@ -113,6 +113,16 @@ class CTCHead(crnnfw.Head):
         if self.config.decoder == "beam":
             return beam_decode(log_probs, lengths, self.charset, self.config.beam_width, self.config.allowed_lengths)
         return greedy_decode(log_probs, lengths, self.charset)
+
+    def decode_beam(self, logits: Tensor, lengths: Tensor, beam_width: int) -> crnnfw.Decoded:
+        return beam_decode(self.log_probs(logits), lengths, self.charset, beam_width, self.config.allowed_lengths)
+
+    def export_metadata(self) -> dict[str, str]:
+        """Logits are ``(N, T, len(charset) + 1)``: index 0 is the blank, index i + 1 is ``charset[i]``."""
+        metadata = {"decoder": "ctc_greedy", "charset": self.charset, "blank": str(BLANK)}
+        if self.config.whitelist is not None:
+            metadata["whitelist"] = self.config.whitelist  # decoders should ignore the other characters
+        return metadata
 
     def metrics(self) -> crnnfw.Metrics:
         return SequenceMetrics(self.classes)

@@ -29,21 +29,37 @@ class SoftmaxConfig:
 
 
 class Accuracy(crnnfw.Metrics):
-    """Top-1 accuracy and error count over class ids."""
+    """Top-1 accuracy and error count, from a confusion matrix that also gives per-class figures."""
 
     main = "accuracy"
 
-    def __init__(self) -> None:
-        self.correct = 0
-        self.total = 0
+    def __init__(self, classes: tuple[str, ...]) -> None:
+        self.classes = classes
+        self.counts = torch.zeros(len(classes), len(classes), dtype=torch.long)  # [truth, prediction]
 
     def update(self, decoded: crnnfw.Decoded, batch: crnnfw.Batch) -> None:
-        self.correct += int((decoded.indices == batch.targets).sum())
-        self.total += len(batch)
+        n = len(self.classes)
+        pairs = batch.targets.cpu() * n + decoded.indices.cpu()
+        self.counts += torch.bincount(pairs, minlength=n * n).view(n, n)
 
     def compute(self) -> dict[str, float]:
-        accuracy = self.correct / self.total if self.total else 0.0
-        return {"accuracy": accuracy, "errors": self.total - self.correct}
+        total = int(self.counts.sum())
+        correct = int(self.counts.diagonal().sum())
+        return {"accuracy": correct / total if total else 0.0, "errors": total - correct}
+
+    def report(self) -> dict[str, list[dict[str, float | int | str]]]:
+        support = self.counts.sum(1).tolist()
+        predicted = self.counts.sum(0).tolist()
+        hits = self.counts.diagonal().tolist()
+        rows = [
+            {"class": name, "count": support[i], "recall": hits[i] / support[i] if support[i] else 0.0,
+             "precision": hits[i] / predicted[i] if predicted[i] else 0.0, "errors": support[i] - hits[i]}
+            for i, name in enumerate(self.classes)
+        ]
+        return {"per_class": rows}
+
+    def confusion(self) -> list[list[int]]:
+        return self.counts.tolist()
 
 
 class SoftmaxHead(crnnfw.Head):
@@ -89,4 +105,4 @@ class SoftmaxHead(crnnfw.Head):
         return crnnfw.Decoded([self.classes[i] for i in indices.tolist()], confidences, indices)
 
     def metrics(self) -> crnnfw.Metrics:
-        return Accuracy()
+        return Accuracy(self.classes)

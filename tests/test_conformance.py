@@ -77,6 +77,26 @@ class DeadEncoder(crnnfw.SequenceEncoder):
         return self.proj(seq)
 
 
+class FrozenWidthBackbone(crnnfw.Backbone):
+    """Masks and pools correctly, but crops to a width read into Python: fine eagerly, frozen
+    into an exported graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.out_channels = 4
+
+    def out_height(self, in_height: int) -> int:
+        return in_height
+
+    def out_lengths(self, widths):
+        return widths
+
+    def forward(self, images, widths):
+        features = self.conv(crnnfw.mask_padding(images, widths))
+        return features[..., : int(widths.max())], widths
+
+
 def test_the_kit_catches_contract_breaks():
     with pytest.raises(ConformanceError, match="padding leaks into valid steps"):
         check_backbone(LeakyBackbone(), in_height=8)
@@ -84,3 +104,6 @@ def test_the_kit_catches_contract_breaks():
         check_encoder(DeadEncoder(6), in_features=6)
     with pytest.raises(ConformanceError, match="is not a crnnfw.Backbone"):
         check_backbone(nn.Identity())
+    with pytest.raises(ConformanceError, match="ONNX: exported at size .* froze a value"):
+        check_backbone(FrozenWidthBackbone(), in_height=8)
+    check_backbone(FrozenWidthBackbone(), in_height=8, onnx=False)  # eagerly it keeps the contract

@@ -32,10 +32,6 @@ class ResNetConfig:
             raise ValueError("each stride is [height, width] >= 1 and each stage has >= 1 block")
 
 
-def _mask(x: Tensor, lengths: Tensor) -> Tensor:
-    return x * crnnfw.length_mask(lengths, x.shape[-1]).to(x.dtype)[:, None, None, :]
-
-
 class ResNetBackbone(crnnfw.Backbone):
     """Stem conv, then residual stages; features past each sample's width are zeroed before
     every 3x3 convolution so padding never reaches a valid step."""
@@ -83,12 +79,12 @@ class ResNetBackbone(crnnfw.Backbone):
         """torchvision's BasicBlock.forward, with masks before each 3x3 convolution."""
         out_lengths = self._shrink(lengths, block.conv1.stride[1])
         identity = x if block.downsample is None else block.downsample(x)
-        out = block.relu(block.bn1(block.conv1(_mask(x, lengths))))
-        out = block.bn2(block.conv2(_mask(out, out_lengths)))
+        out = block.relu(block.bn1(block.conv1(crnnfw.mask_padding(x, lengths))))
+        out = block.bn2(block.conv2(crnnfw.mask_padding(out, out_lengths)))
         return block.relu(out + identity), out_lengths
 
     def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
-        x, lengths = self.stem(_mask(images, widths)), widths
+        x, lengths = self.stem(crnnfw.mask_padding(images, widths)), widths
         for block in self.blocks:
             x, lengths = self._block(block, x, lengths)
         return x, lengths
