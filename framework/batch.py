@@ -24,6 +24,16 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def select(self, index: slice | Tensor) -> "Batch":
+        """The samples at ``index``, with padding beyond their widest image cut off."""
+        widths = self.widths[index]
+        width = int(widths.max()) if len(widths) else 0
+        lengths = self.target_lengths[index] if self.target_lengths is not None else None
+        targets = self.targets[index]
+        if lengths is not None and len(lengths):
+            targets = targets[:, : int(lengths.max())]
+        return Batch(self.images[index][..., :width], widths, targets, lengths)
+
     def target_texts(self, classes: tuple[str, ...]) -> list[str]:
         """Each sample's target as text: its class name, or its label's characters joined."""
         rows = self.targets.cpu().tolist()

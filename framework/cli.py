@@ -1,4 +1,4 @@
-"""The ``crnnfw`` command line: run, config, plugins."""
+"""The ``crnnfw`` command line: run, eval, predict, export, config, plugins, new-plugin."""
 
 from __future__ import annotations
 
@@ -14,11 +14,30 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import config as config_mod
-from .errors import CrnnfwError
+from .errors import CrnnfwError, ExportError
+from .export import FORMATS
 from .plugins import get_host
 from .registry import KINDS, suggest
 from .scaffold import new_plugin
+from .resume import find_run, resumed_config
+from .trained import checkpoint_path, load_trained
 from .version import __version__
+
+
+def _console() -> Console:
+    """Rich output; off a terminal rich assumes 80 columns, too narrow for tables of paths."""
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
+    return value
 
 
 def _resolved(path: str, overrides: Sequence[str]):
@@ -29,8 +48,119 @@ def _resolved(path: str, overrides: Sequence[str]):
 def cmd_run(args: argparse.Namespace) -> int:
     from .trainer import Trainer
 
-    cfg = _resolved(args.config, args.overrides)
-    Trainer(cfg).fit()
+    overrides = list(args.overrides)
+    config = args.config
+    if config is not None and "=" in config and not Path(config).exists():  # `run --resume DIR key=value`
+        config, overrides = None, [config, *overrides]
+    if args.resume:
+        if args.init_from:
+            raise CrnnfwError("run: --resume continues a run and --init-from starts a new one; use one of them")
+        run_dir = find_run(args.resume, config, overrides)
+        Trainer(resumed_config(run_dir, overrides), resume=run_dir).fit()
+        return 0
+    if config is None:
+        raise CrnnfwError("run: give a config file (crnnfw run configs/mnist_crnn.yaml) or --resume RUN_DIR")
+    if args.init_from:
+        checkpoint_path(args.init_from)  # a wrong path fails before any data is read
+        overrides.append(f"trainer.init_from={args.init_from}")
+    Trainer(_resolved(config, overrides)).fit()
+    return 0
+
+
+def _rows_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title, show_edge=False)
+    for key in rows[0]:
+        table.add_column(key, justify="left" if isinstance(rows[0][key], str) else "right")
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    return table
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return escape(str(value))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import pictures
+    from .data import build_data
+    from .evaluation import evaluate
+    from .trainer import select_device
+
+    trained = load_trained(args.checkpoint, args.overrides)
+    cfg = trained.cfg
+    device = select_device(cfg.trainer.device)
+    trained.model.to(device)
+    data = build_data(cfg, get_host().registry)
+    if tuple(data.classes) != trained.classes:
+        raise CrnnfwError(f"eval: the data's classes {''.join(data.classes)!r} are not the model's {''.join(trained.classes)!r}")
+    split = getattr(data, args.split)
+    result = evaluate(trained.model, split, cfg.trainer.eval_batch_size, device, cfg.trainer.precision, keep=48)
+    report = result.metrics.report()
+    confusion = result.metrics.confusion()
+    folder = Path(args.out) if args.out else (trained.run_dir or trained.path.parent) / f"eval-{args.split}"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = pictures.draw_evaluation(folder, result, trained.classes)
+    payload = {"checkpoint": str(trained.path), "split": args.split, "samples": len(split), "scores": result.scores,
+               "report": report, "confusion": confusion, "pictures": [str(p) for p in written]}
+    (folder / "eval.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    console = _console()
+    console.print(f"[bold]{trained.path}[/bold] on the {args.split} split ({len(split):,} samples)", highlight=False)
+    console.print(_rows_table("scores", [{"metric": k, "value": v} for k, v in result.scores.items()]))
+    for name, rows in report.items():
+        if rows:
+            console.print(_rows_table(name.replace("_", " "), rows))
+    if confusion is not None:
+        matrix = [{"truth": name, **{c: count for c, count in zip(trained.classes, row)}} for name, row in zip(trained.classes, confusion)]
+        console.print(_rows_table("confusion (rows: truth, columns: prediction)", matrix))
+    console.print(f"wrote {', '.join(str(p) for p in [*written, folder / 'eval.json'])}", highlight=False)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_files
+
+    trained = load_trained(args.checkpoint)
+    results = predict_files(trained, args.paths, polarity=args.polarity, beam=args.beam, batch_size=args.batch_size)
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"crnnfw: error: {r.error}", file=sys.stderr)
+    if args.json:
+        for r in results:
+            print(json.dumps(r.as_dict()))
+    else:
+        table = Table(show_edge=False)
+        for column, justify in (("file", "left"), ("text", "left"), ("confidence", "right")):
+            table.add_column(column, justify=justify)
+        for r in results:
+            if not r.error:
+                table.add_row(escape(str(r.path)), escape(r.text or ""), f"{r.confidence:.4f}")
+        _console().print(table)
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model, verify_export
+
+    trained = load_trained(args.checkpoint)
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    output = Path(args.output) if args.output else (trained.run_dir or trained.path.parent) / f"{trained.path.stem}{suffix}"
+    export_model(trained, args.format, output)
+    print(f"wrote {output} ({args.format}, dynamic batch and width)")
+    if args.verify:
+        rows = verify_export(trained, output, args.format)
+        for row in rows:
+            status = "ok" if row["ok"] else "MISMATCH"
+            print(f"  widths {row['widths']}: max |logit diff| {row['max_abs_diff']:.2e}, lengths "
+                  f"{'equal' if row['lengths_equal'] else 'differ'}, texts {'equal' if row['texts_equal'] else 'differ'}: {status}")
+        bad = [row for row in rows if not row["ok"]]
+        if bad:
+            raise ExportError(f"{output}: the exported model disagrees with PyTorch at widths {', '.join(str(r['widths']) for r in bad)}")
+        print(f"verified against PyTorch at {len(rows)} width combinations (logits within 1e-4, same decoded texts)")
     return 0
 
 
@@ -59,7 +189,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(payload, indent=2))
         return 0
-    console = Console()
+    console = _console()
     table = Table(title="crnnfw plugins")
     for column in ("plugin", "distribution", "version", "kind", "component", "description"):
         table.add_column(column)
@@ -95,7 +225,7 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
                    "description": component.description, "options": options}
         print(json.dumps(payload, indent=2, default=repr))
         return 0
-    console = Console()
+    console = _console()
     console.print(f"[bold]{component.kind} '{component.name}'[/bold] from plugin '{component.provider}' ({component.distribution})")
     if component.description:
         console.print(component.description, highlight=False)
@@ -110,7 +240,7 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     target = new_plugin(args.name, Path(args.dir))
-    print(f"wrote {target}: pip install -e {target} && pytest {target / 'tests'}")
+    print(f"wrote {target}: pip install -e '{target}[test]' && pytest {target / 'tests'}")
     return 0
 
 
@@ -120,9 +250,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train the model a config describes")
-    run.add_argument("config", help="YAML config file, e.g. configs/mnist_crnn.yaml")
+    run.add_argument("config", nargs="?", help="YAML config file, e.g. configs/mnist_crnn.yaml")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. trainer.epochs=3")
+    run.add_argument("--resume", metavar="RUN_DIR|last", help="continue a run from its last checkpoint (last: the newest run of CONFIG)")
+    run.add_argument("--init-from", metavar="CKPT", help="fine-tune: start from the matching weights of a checkpoint or run directory")
     run.set_defaults(func=cmd_run)
+
+    evaluate = sub.add_parser("eval", help="metrics of a trained model on the test split (or another, by override)")
+    evaluate.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test_limit=1000")
+    evaluate.add_argument("--split", choices=("test", "train"), default="test")
+    evaluate.add_argument("--out", metavar="DIR", help="where pictures and eval.json go (default: RUN_DIR/eval-SPLIT)")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = sub.add_parser("predict", help="read the text in image files (PNG, JPEG, BMP, or folders of them)")
+    predict.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
+    predict.add_argument("paths", nargs="+", metavar="PATH")
+    predict.add_argument("--json", action="store_true", help="one JSON object per file")
+    predict.add_argument("--beam", type=_positive_int, default=1, metavar="N", help="beam-search width for sequence models (default 1: greedy)")
+    predict.add_argument("--polarity", choices=("auto", "light-on-dark", "dark-on-light"), default="auto",
+                         help="how the images are drawn (auto: from their borders)")
+    predict.add_argument("--batch-size", type=_positive_int, default=64)
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="export a trained model to ONNX or TorchScript")
+    export.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
+    export.add_argument("--format", choices=FORMATS, default="onnx")
+    export.add_argument("--output", "-o", metavar="PATH", help="default: next to the checkpoint's run, named after it")
+    export.add_argument("--verify", action="store_true", help="check the export against PyTorch at several widths")
+    export.set_defaults(func=cmd_export)
 
     show = sub.add_parser("config", help="print the resolved config (defaults filled in, overrides applied)")
     show.add_argument("config")
@@ -148,7 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crnnfw`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may also follow options (`run CONFIG --init-from X a=1`), where
+    # argparse has already closed the positional list.
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except CrnnfwError as exc:

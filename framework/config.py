@@ -12,13 +12,14 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
 from .errors import ConfigError, first_line
+from .precision import PRECISIONS
 from .registry import Registry, suggest
 
 #: Where each component section lives and which kind of component it names.
@@ -28,7 +29,6 @@ COMPONENT_SECTIONS = {
     "model.encoder": "encoder",
     "model.head": "head",
 }
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 @dataclass
@@ -61,6 +61,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads (0: all cores)
     log_every: int = 100  # plain progress line every N steps when stdout is not a terminal
+    init_from: Optional[str] = None  # fine-tuning: checkpoint or run directory whose matching weights start the model
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -140,6 +141,11 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictC
         raise ConfigError(f"{path}: not valid YAML: {detail}") from None
     if not isinstance(user, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return apply_overrides(user, overrides)
+
+
+def apply_overrides(user: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply ``key=value`` overrides to a loaded config (a file's, or a checkpoint's)."""
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}': expected key=value, e.g. trainer.epochs=3")

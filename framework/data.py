@@ -50,6 +50,9 @@ class DataModule:
     #: ``light-on-dark`` (bright ink on a dark background, like MNIST) or ``dark-on-light`` (scans);
     #: prediction turns users' images this way round.
     polarity: str = "light-on-dark"
+    #: Share of the image height the ink fills (MNIST: 20/28, digits size-normalised in a
+    #: 28-pixel frame); prediction frames users' images the same way. None: images fill the height.
+    ink_height: float | None = None
 
 
 POLARITIES = ("light-on-dark", "dark-on-light")
@@ -64,10 +67,11 @@ class InputSpec:
     min_width: int
     max_width: int
     polarity: str
+    ink_height: float | None
 
     @classmethod
     def of(cls, data: DataModule) -> "InputSpec":
-        return cls(data.channels, data.height, data.min_width, data.max_width, data.polarity)
+        return cls(data.channels, data.height, data.min_width, data.max_width, data.polarity, data.ink_height)
 
 
 class TensorSplit:

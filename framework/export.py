@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,7 +20,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from .data import InputSpec
 from .errors import ExportError, first_line
+from .trained import Trained
+from .version import __version__
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
@@ -119,3 +124,104 @@ def compare(reference: Sequence[Tensor], candidate: Sequence[Tensor], names: Seq
         elif not torch.equal(ref.long(), got.long()):
             return f"'{name}' is {got.tolist()}, PyTorch gives {ref.tolist()}"
     return None
+
+
+def _example(spec: InputSpec, widths: Sequence[int], seed: int) -> tuple[Tensor, Tensor]:
+    """Random images of the model's geometry at ``widths``, right-padded with the background."""
+    generator = torch.Generator().manual_seed(seed)
+    background = 0.0 if spec.polarity == "light-on-dark" else 1.0
+    images = torch.full((len(widths), spec.channels, spec.height, max(widths)), background)
+    for i, width in enumerate(widths):
+        images[i, ..., :width] = torch.rand(spec.channels, spec.height, width, generator=generator)
+    return images, torch.tensor(list(widths))
+
+
+def metadata(trained: Trained) -> dict[str, str]:
+    """What a user needs to feed the exported model and decode its logits without crnnfw."""
+    spec = trained.spec
+    return {
+        "producer": f"crnnfw {__version__}",
+        "inputs": "images: float32 (N, C, H, W) in [0, 1], right-padded with the background; widths: int64 (N,) each image's width",
+        "outputs": "logits; lengths: int64 (N,) valid steps of each sample's logits",
+        "input_channels": str(spec.channels),
+        "input_height": str(spec.height),
+        "min_width": str(spec.min_width),
+        "max_width": str(spec.max_width),
+        "polarity": spec.polarity,
+        "classes": json.dumps(list(trained.classes)),
+        **trained.model.head.export_metadata(),
+    }
+
+
+def verification_widths(spec: InputSpec) -> list[int]:
+    """Three or more widths around the model's own, including odd ones no stride divides."""
+    base = spec.min_width
+    return sorted({base, base + 13, 2 * base + 9, max(spec.max_width, base) + 7})
+
+
+def export_model(trained: Trained, fmt: str, output: Path) -> Path:
+    """Write ``trained``'s model to ``output`` as ONNX (metadata inside) or TorchScript (metadata as an extra file)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
+    widths = verification_widths(trained.spec)
+    trace = _example(trained.spec, [max(widths) + 20, widths[0] + 6], seed=1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        with torch.no_grad():
+            logits, _ = trained.model(*trace)
+        axes = {"images": {0: "batch", 3: "width"}, "widths": {0: "batch"}, "lengths": {0: "batch"},
+                "logits": {0: "batch", **({1: "steps"} if logits.dim() == 3 else {})}}
+        data = to_onnx(trained.model, trace, input_names=("images", "widths"), output_names=("logits", "lengths"),
+                       dynamic_axes=axes, metadata=metadata(trained))
+        _write_atomically(output, data)
+    else:
+        scripted = to_torchscript(trained.model, trace)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still what C++ and mobile load
+            torch.jit.save(scripted, buffer, _extra_files={"crnnfw.json": json.dumps(metadata(trained))})
+        _write_atomically(output, buffer.getvalue())
+    return output
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def verify_export(trained: Trained, path: Path, fmt: str, atol: float = 1e-4) -> list[dict[str, Any]]:
+    """Run the exported model against PyTorch at several widths, alone and batched.
+
+    Each row: the widths, the largest logit difference, whether lengths and decoded texts
+    agree, and ``ok`` when all three hold (logits within ``atol``).
+    """
+    if fmt == "onnx":
+        session = onnx_session(path)
+
+        def run(images: Tensor, widths: Tensor) -> list[Tensor]:
+            return run_onnx(session, {"images": images, "widths": widths})
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(str(path), map_location="cpu")
+
+        def run(images: Tensor, widths: Tensor) -> list[Tensor]:
+            with torch.no_grad():
+                return list(scripted(images, widths))
+
+    widths = verification_widths(trained.spec)
+    cases = [[w] for w in widths] + [list(reversed(widths))]
+    rows = []
+    head = trained.model.head
+    for seed, case in enumerate(cases):
+        images, width_tensor = _example(trained.spec, case, seed=100 + seed)
+        with torch.no_grad():
+            reference = trained.model(images, width_tensor)
+        got = run(images, width_tensor)
+        difference = (reference[0].float() - got[0].float()).abs().max().item()
+        lengths_equal = torch.equal(reference[1].long(), got[1].long())
+        texts_equal = lengths_equal and head.decode(reference[0].float(), reference[1]).texts == head.decode(got[0].float(), got[1].long()).texts
+        rows.append({"widths": case, "max_abs_diff": difference, "lengths_equal": lengths_equal,
+                     "texts_equal": texts_equal, "ok": difference <= atol and lengths_equal and texts_equal})
+    return rows

@@ -35,11 +35,12 @@ def _fmt(value: Any) -> str:
 class Reporter:
     """Progress bar or plain lines, the per-epoch table, and the log file."""
 
-    def __init__(self, log_every: int = 100, console: Console | None = None) -> None:
+    def __init__(self, log_every: int = 100, console: Console | None = None, enabled: bool = True) -> None:
         # Off a terminal rich assumes 80 columns; logs read better unwrapped.
         self.console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
         self.log_every = log_every
-        self.interactive = self.console.is_terminal
+        self.enabled = enabled  # False on the ranks of a distributed job other than 0
+        self.interactive = enabled and self.console.is_terminal
         self._log: IO[str] | None = None
         self._progress: Progress | None = None
         self._task: Any = None
@@ -59,6 +60,8 @@ class Reporter:
 
     def info(self, message: str) -> None:
         """A line for the person and the log."""
+        if not self.enabled:
+            return
         self.console.print(message, highlight=False, markup=False)
         self._write_log(message)
 
@@ -103,7 +106,7 @@ class Reporter:
                 f"lr {lr:.2e} {self.images_per_second():.0f} img/s eta {eta:.0f}s"
             )
             self._write_log(line)
-            if not self.interactive:
+            if self.enabled and not self.interactive:
                 self.console.print(line, highlight=False, markup=False)
 
     def end_epoch(self) -> None:
@@ -113,6 +116,8 @@ class Reporter:
 
     def epoch_row(self, row: dict[str, Any]) -> None:
         """One row of the metrics table; the header is printed with the first row."""
+        if not self.enabled:
+            return
         first = self._columns is None
         if first:
             self._columns = list(row)

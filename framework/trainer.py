@@ -3,26 +3,28 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from . import checkpoint
+from . import checkpoint, distributed, pictures
 from .config import as_container, to_yaml
-from .data import Split, build_data
+from .data import InputSpec, build_data
 from .errors import ConfigError, TrainingError
-from .model import Model, build_model
+from .evaluation import evaluate
+from .finetune import init_from
+from .model import build_model
 from .plugins import get_host
+from .precision import autocast
 from .progress import Reporter
 from .rundir import create_run_dir
 from .version import __version__
@@ -47,14 +49,6 @@ def select_device(name: str) -> torch.device:
     if device.index is not None and device.index >= count:
         raise ConfigError(f"trainer.device: '{name}' asked for, but this machine has {count} CUDA GPU(s); use cuda:0 to cuda:{count - 1}")
     return device
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for a Lightning-style precision string."""
-    if precision == "32-true":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -87,25 +81,6 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: DictConfig) -> f
     return 1.0
 
 
-@torch.inference_mode()
-def evaluate(model: Model, split: Split, batch_size: int, device: torch.device, precision: str = "32-true") -> dict[str, float]:
-    """The head's metrics and the mean loss over a whole split, in large batches."""
-    was_training = model.training
-    model.eval()
-    metrics = model.head.metrics()
-    loss_sum = torch.zeros((), device=device)
-    count = 0
-    for batch in split.batches(batch_size, shuffle=False):
-        batch = batch.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits, lengths = model(batch.images, batch.widths)
-        loss_sum += model.head.loss(logits.float(), lengths, batch) * len(batch)
-        count += len(batch)
-        metrics.update(model.head.decode(logits.float(), lengths), batch)
-    model.train(was_training)
-    return {"loss": float(loss_sum) / max(count, 1), **metrics.compute()}
-
-
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python and torch; return the generator that orders and augments the data."""
     random.seed(seed)
@@ -136,24 +111,45 @@ def component_versions(cfg: DictConfig) -> dict[str, dict[str, str]]:
 
 
 class Trainer:
-    """Trains the model a resolved config describes and writes a run directory."""
+    """Trains the model a resolved config describes and writes a run directory.
 
-    def __init__(self, cfg: DictConfig, reporter: Reporter | None = None) -> None:
+    With ``resume`` (a run directory), training continues that run from its last checkpoint:
+    weights, optimizer, schedule, grad scaler, every random generator, epoch, step and best
+    metric, so the result is the one the uninterrupted run would have reached.
+    """
+
+    def __init__(self, cfg: DictConfig, reporter: Reporter | None = None, resume: Path | None = None) -> None:
         self.cfg = cfg
-        self.reporter = reporter or Reporter(log_every=cfg.trainer.log_every)
+        self.reporter = reporter
+        self.resume = resume
 
     def fit(self) -> FitResult:
-        cfg, t, out = self.cfg, self.cfg.trainer, self.reporter
+        cfg, t = self.cfg, self.cfg.trainer
+        group, device_name = distributed.join(t.device)
+        out = self.reporter or Reporter(log_every=t.log_every, enabled=group.main)
+        try:
+            return self._fit(cfg, t, group, device_name, out)
+        finally:
+            out.close()
+            group.close()
+
+    def _fit(self, cfg: DictConfig, t: DictConfig, group: distributed.Group, device_name: str, out: Reporter) -> FitResult:
+        # A resumed run starts by reading its checkpoint, so a bad one fails before any work.
+        resumed = checkpoint.load(self.resume / "checkpoints" / "last.ckpt") if self.resume else None
 
         # Set-up: threads, seeds, device; data and the checked model; optimizer and schedule.
         torch.set_num_threads(t.num_threads or os.cpu_count() or 1)
         generator = seed_everything(cfg.seed)
-        device = select_device(t.device)
+        device = select_device(device_name)
         if t.precision == "16-mixed" and device.type != "cuda":
             raise ConfigError("trainer.precision: 16-mixed needs a CUDA GPU; use bf16-mixed or 32-true on the CPU")
         registry = get_host().registry
         data = build_data(cfg, registry)
-        model = build_model(cfg, data, registry).to(device)
+        model = build_model(cfg, data, registry)
+        if t.init_from and not resumed:
+            init_from(model, t.init_from, data.classes, out.info)
+        model.to(device)
+        net = torch.nn.parallel.DistributedDataParallel(model) if group.enabled else model
         optimizer = build_optimizer(model, t.optimizer)
         steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
         total_steps = t.epochs * steps_per_epoch if not t.max_steps else min(t.max_steps, t.epochs * steps_per_epoch)
@@ -163,96 +159,123 @@ class Trainer:
         scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "16-mixed")
         components = component_versions(cfg)
         monitor = model.head.metrics()
+        spec = asdict(InputSpec.of(data))
+        best = {"metric": monitor.main, "value": None, "epoch": None}
+        first_epoch, step, train_seconds = 1, 0, 0.0
 
-        # The run directory: resolved config, log, metrics, checkpoints, summary.
-        run_dir = create_run_dir(cfg.output_dir, cfg.name)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        out.open_log(run_dir / "train.log")
-        metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8", buffering=1)
+        # The run directory: resolved config, log, metrics, checkpoints, summary (rank 0 writes).
+        if resumed:
+            run_dir = self.resume
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            scaler.load_state_dict(resumed["scaler"])
+            restore_rng(resumed["rng"], generator, group.rank, device)
+            best, step, train_seconds = dict(resumed["best"]), resumed["step"], resumed["train_seconds"]
+            first_epoch = resumed["epoch"] + 1
+            if first_epoch > t.epochs or step >= total_steps:
+                raise TrainingError(f"{run_dir}: the run already finished its {t.epochs} epochs; pass trainer.epochs=N (more) to train on")
+            history = [row for row in read_history(run_dir) if row["epoch"] < first_epoch]
+        else:
+            run_dir = create_run_dir(cfg.output_dir, cfg.name) if group.main else Path(cfg.output_dir)
+            history = []
+        if group.main:
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+            out.open_log(run_dir / "train.log")
+        workers = f" | {group.world} processes" if group.enabled else ""
         out.info(
-            f"crnnfw {__version__} | run {run_dir} | {device.type} {t.precision} | "
+            f"crnnfw {__version__} | run {run_dir} | {device.type} {t.precision}{workers} | "
             f"{count_parameters(model):,} parameters | train {len(data.train):,} test {len(data.test):,} | "
             f"{t.epochs} epochs x {steps_per_epoch} steps"
+            + (f" | resumed after epoch {first_epoch - 1} (step {step})" if resumed else "")
         )
 
-        best = {"metric": monitor.main, "value": None, "epoch": None}
-        step = 0
         started = time.perf_counter()
-        train_seconds = 0.0
-        history: list[dict[str, Any]] = []
-        try:
-            for epoch in range(1, t.epochs + 1):
-                # Train one epoch.
-                model.train()
-                epoch_steps = min(steps_per_epoch, total_steps - step)
-                out.start_epoch(epoch, t.epochs, epoch_steps)
-                epoch_start = time.perf_counter()
-                loss_sum = torch.zeros((), device=device)
-                seen = 0
-                shown_loss = None
-                batches = data.train.batches(t.batch_size, shuffle=True, generator=generator)
-                for i, batch in enumerate(itertools.islice(batches, epoch_steps), start=1):
-                    batch = batch.to(device, non_blocking=True)
-                    with autocast(device, t.precision):
-                        logits, lengths = model(batch.images, batch.widths)
-                    loss = model.head.loss(logits.float(), lengths, batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if t.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                    loss_sum += loss.detach() * len(batch)
-                    seen += len(batch)
-                    if i % min(10, t.log_every) == 0 or i % t.log_every == 0 or i == epoch_steps:
-                        shown_loss = float(loss_sum) / seen
-                        if not math.isfinite(shown_loss):
-                            kept = f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}" if epoch > 1 else "no checkpoint was written"
-                            raise TrainingError(
-                                f"loss became {shown_loss} by step {step} (epoch {epoch}, batch {i}); {kept}. Lower "
-                                "trainer.optimizer.lr, set trainer.grad_clip (e.g. 1.0) or use trainer.precision=32-true"
-                            )
-                    out.step(i, len(batch), shown_loss, scheduler.get_last_lr()[0])
-                out.end_epoch()
-                epoch_seconds = time.perf_counter() - epoch_start
-                train_seconds += epoch_seconds
+        for epoch in range(first_epoch, t.epochs + 1):
+            if step >= total_steps:
+                break
+            # Train one epoch.
+            model.train()
+            epoch_steps = min(steps_per_epoch, total_steps - step)
+            out.start_epoch(epoch, t.epochs, epoch_steps)
+            epoch_start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            shown_loss = None
+            train_metrics = model.head.metrics()  # sampled at the steps that sync anyway
+            batches = data.train.batches(t.batch_size, shuffle=True, generator=generator)
+            for i, batch in enumerate(group.shard(itertools.islice(batches, epoch_steps)), start=1):
+                batch = batch.to(device, non_blocking=True)
+                with autocast(device, t.precision):
+                    logits, lengths = net(batch.images, batch.widths)
+                loss = model.head.loss(logits.float(), lengths, batch)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if t.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                loss_sum += loss.detach() * len(batch)
+                seen += len(batch)
+                if i % min(10, t.log_every) == 0 or i % t.log_every == 0 or i == epoch_steps:
+                    train_metrics.update(model.head.decode(logits.detach().float(), lengths), batch)
+                    shown_loss = float(loss_sum) / seen
+                    if not math.isfinite(shown_loss):
+                        kept = f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}" if epoch > 1 else "no checkpoint was written"
+                        raise TrainingError(
+                            f"loss became {shown_loss} by step {step} (epoch {epoch}, batch {i}); {kept}. Lower "
+                            "trainer.optimizer.lr, set trainer.grad_clip (e.g. 1.0) or use trainer.precision=32-true"
+                        )
+                out.step(i, len(batch) * group.world, shown_loss, scheduler.get_last_lr()[0])
+            out.end_epoch()
+            epoch_seconds = time.perf_counter() - epoch_start
+            train_seconds += epoch_seconds
+            totals = group.sum(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)]))
+            train_loss, seen = float(totals[0] / totals[1].clamp(min=1)), int(totals[1])
 
-                # Evaluate on the test split, record, keep the best.
-                scores = evaluate(model, data.test, t.eval_batch_size, device, t.precision)
-                value = scores[monitor.main]
-                improved = best["value"] is None or (value > best["value"] if monitor.higher_is_better else value < best["value"])
-                if improved:
-                    best.update(value=value, epoch=epoch)
-                row = {
-                    "epoch": epoch,
-                    "step": step,
-                    "train_loss": float(loss_sum) / max(seen, 1),
-                    **{f"test_{k}": v for k, v in scores.items()},
-                    "lr": scheduler.get_last_lr()[0],
-                    "images_per_s": seen / epoch_seconds,
-                    "epoch_s": epoch_seconds,
-                    "elapsed_s": time.perf_counter() - started,
-                }
-                history.append(row)
-                metrics_file.write(json.dumps(row) + "\n")
-                shown = monitor.table or tuple(scores)
-                out.epoch_row({
-                    "epoch": epoch,
-                    "train_loss": row["train_loss"],
-                    "test_loss": scores["loss"],
-                    **{f"test_{k}": scores[k] for k in shown if k != "loss"},
-                    f"best_{monitor.main}": best["value"],
-                    "img/s": round(row["images_per_s"]),
-                    "time_s": f"{epoch_seconds:.1f}",
-                })
-                breakdown = monitor.breakdown(scores)
-                if breakdown:
-                    out.info(breakdown)
+            # Evaluate on the test split (shared out across ranks), record, keep the best.
+            evaluation = evaluate(model, data.test, t.eval_batch_size, device, t.precision, keep=48, group=group)
+            scores = evaluation.scores
+            value = scores[monitor.main]
+            improved = best["value"] is None or (value > best["value"] if monitor.higher_is_better else value < best["value"])
+            if improved:
+                best.update(value=value, epoch=epoch)
+            row = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": train_loss,
+                f"train_{monitor.main}": train_metrics.compute()[monitor.main],
+                **{f"test_{k}": v for k, v in scores.items()},
+                "lr": scheduler.get_last_lr()[0],
+                "images_per_s": seen / epoch_seconds,
+                "epoch_s": epoch_seconds,
+                "elapsed_s": time.perf_counter() - started,
+            }
+            history.append(row)
+            shown = monitor.table or tuple(scores)
+            out.epoch_row({
+                "epoch": epoch,
+                "train_loss": row["train_loss"],
+                "test_loss": scores["loss"],
+                **{f"test_{k}": scores[k] for k in shown if k != "loss"},
+                f"best_{monitor.main}": best["value"],
+                "img/s": round(row["images_per_s"]),
+                "time_s": f"{epoch_seconds:.1f}",
+            })
+            breakdown = monitor.breakdown(scores)
+            if breakdown:
+                out.info(breakdown)
 
-                # Checkpoints: last every epoch, best when the monitored metric improved.
+            # Checkpoints: last every epoch, best when the monitored metric improved. The metrics
+            # row goes in after the checkpoint, so a resumed run never repeats a recorded epoch.
+            rng = {"python": random.getstate(), "torch": group.gather(torch.get_rng_state()), "data": generator.get_state()}
+            if device.type == "cuda":
+                rng["cuda"] = group.gather(torch.cuda.get_rng_state(device))
+            if group.main:
                 state = {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -261,27 +284,28 @@ class Trainer:
                     "epoch": epoch,
                     "step": step,
                     "best": dict(best),
+                    "train_seconds": train_seconds,
                     "metrics": scores,
                     "config": as_container(cfg),
                     "classes": list(data.classes),
+                    "input": spec,
+                    "decoding": model.head.export_metadata(),
                     "components": components,
                     "crnnfw_version": __version__,
-                    "rng": {"python": random.getstate(), "torch": torch.get_rng_state(), "data": generator.get_state()},
+                    "rng": rng,
                 }
                 checkpoint.save(state, run_dir / "checkpoints" / "last.ckpt")
                 if improved:
                     checkpoint.save(state, run_dir / "checkpoints" / "best.ckpt")
-                if step >= total_steps:
-                    break
-        finally:
-            metrics_file.close()
+                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics_file:
+                    metrics_file.write(json.dumps(row) + "\n")
 
         # Summary for people and scripts.
         summary = {
             "name": cfg.name,
             "run_dir": str(run_dir),
             "best": best,
-            "final": history[-1] if history else None,
+            "final": history[-1],
             "epochs": len(history),
             "steps": step,
             "train_seconds": train_seconds,
@@ -290,14 +314,33 @@ class Trainer:
             "parameters": count_parameters(model),
             "device": str(device),
             "precision": t.precision,
+            "processes": group.world,
             "components": components,
             "crnnfw_version": __version__,
         }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if group.main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            pictures.draw_run(run_dir, history, evaluation, monitor.main, data.classes)
         final_value = history[-1][f"test_{monitor.main}"]
         out.info(
             f"best test {monitor.main} {best['value']:.4f} (epoch {best['epoch']}), final {final_value:.4f}; "
             f"run directory: {run_dir}"
         )
-        out.close()
         return FitResult(run_dir, summary)
+
+
+def restore_rng(saved: dict[str, Any], generator: torch.Generator, rank: int, device: torch.device) -> None:
+    """Put every random generator back where the checkpoint left it (this rank's own where saved)."""
+    random.setstate(saved["python"])
+    torch.set_rng_state(saved["torch"][min(rank, len(saved["torch"]) - 1)])
+    generator.set_state(saved["data"])
+    if device.type == "cuda" and "cuda" in saved:
+        torch.cuda.set_rng_state(saved["cuda"][min(rank, len(saved["cuda"]) - 1)], device)
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows a run has recorded so far."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -200,4 +200,5 @@ def mnist_data(config: MNISTConfig) -> crnnfw.DataModule:
         height=28,
         min_width=28,
         max_width=28,
+        ink_height=20 / 28,  # MNIST digits are size-normalised to 20 px in the 28 px frame
     )

@@ -206,4 +206,5 @@ def multidigit_data(config: MultiDigitConfig) -> crnnfw.DataModule:
         min_width=min(limits.values()),
         max_width=widest,
         narrowest=limits,
+        ink_height=20 * (config.scale_min + config.scale_max) / 2 / config.height,  # MNIST's 20 px ink, scaled
     )

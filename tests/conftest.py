@@ -16,6 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MNIST_CONFIG = ROOT / "configs" / "mnist_crnn.yaml"
 
 
+SUBSET = ["data.train_limit=8000", "data.test_limit=2000", "trainer.epochs=3", "trainer.batch_size=64", "trainer.log_every=20"]
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> Path:
+    """One short real run on an MNIST subset (about 96.5% test accuracy), shared by the test files."""
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["run", str(MNIST_CONFIG), *SUBSET, f"output_dir={out}", "name=short"]) == 0
+    (run_dir,) = (out / "short").iterdir()
+    return run_dir
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the crnnfw CLI in-process; return (exit code, stdout, stderr)."""

@@ -12,20 +12,6 @@ from crnnfw import checkpoint
 
 from .conftest import MNIST_CONFIG, read_jsonl
 
-SUBSET = ["data.train_limit=8000", "data.test_limit=2000", "trainer.epochs=3", "trainer.batch_size=64", "trainer.log_every=20"]
-
-
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    """One short real run on an MNIST subset, shared by the tests below."""
-    from crnnfw.cli import main
-
-    out = tmp_path_factory.mktemp("runs")
-    code = main(["run", str(MNIST_CONFIG), *SUBSET, f"output_dir={out}", "name=short"])
-    assert code == 0
-    (run_dir,) = (out / "short").iterdir()
-    return run_dir
-
 
 def test_short_run_learns_mnist(short_run):
     summary = json.loads((short_run / "summary.json").read_text())
@@ -39,13 +25,15 @@ def test_short_run_learns_mnist(short_run):
 
 def test_run_directory_contents(short_run):
     names = {p.name for p in short_run.iterdir()}
-    assert names == {"config.yaml", "metrics.jsonl", "train.log", "summary.json", "checkpoints"}
+    assert names >= {"config.yaml", "metrics.jsonl", "train.log", "summary.json", "checkpoints",
+                     "predictions.png", "curves.png", "confusion.png"}
     saved = yaml.safe_load((short_run / "config.yaml").read_text())
     assert saved["data"]["train_limit"] == 8000 and saved["model"]["encoder"]["cell"] == "lstm"
     rows = read_jsonl(short_run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    assert {"test_accuracy", "test_loss", "images_per_s", "lr"} <= set(rows[0])
+    assert {"test_accuracy", "test_loss", "train_accuracy", "images_per_s", "lr"} <= set(rows[0])
+    assert rows[-1]["train_accuracy"] > 0.8
     log = (short_run / "train.log").read_text()
     assert "epoch 1/3 step 20/125" in log and "best test accuracy" in log
 
@@ -57,6 +45,9 @@ def test_checkpoints_are_plain_and_complete(short_run):
     assert last["classes"] == list("0123456789")
     assert last["config"]["model"]["backbone"]["name"] == "cnn"
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "best", "crnnfw_version", "format_version"} <= set(last)
+    assert last["input"] == {"channels": 1, "height": 28, "min_width": 28, "max_width": 28, "polarity": "light-on-dark",
+                             "ink_height": 20 / 28}
+    assert last["decoding"] == {"decoder": "argmax", "classes": json.dumps(list("0123456789"))}
     assert best["epoch"] == best["best"]["epoch"]
     assert not list((short_run / "checkpoints").glob("*.tmp"))
 

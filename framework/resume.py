@@ -1,0 +1,47 @@
+"""Which run to resume, and the config it continues with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import config as config_mod
+from .errors import ConfigError
+from .plugins import get_host
+
+#: Options a resumed run may change: they do not alter what an uninterrupted run computes,
+#: except ``epochs`` (train on) and ``max_steps``; ``name`` and ``output_dir`` locate ``--resume last``.
+RESUMABLE = ("trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.num_threads", "trainer.device",
+             "trainer.eval_batch_size", "name", "output_dir")
+
+
+def find_run(target: str, config_path: str | None, overrides: Sequence[str]) -> Path:
+    """The run directory ``--resume`` names: a path, or ``last`` (the newest run of the config's name)."""
+    if target != "last":
+        run_dir = Path(target)
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise ConfigError(f"--resume: {run_dir} is not a run directory with checkpoints/last.ckpt (a run is resumable after its first epoch)")
+        return run_dir
+    if config_path is None:
+        raise ConfigError("--resume last: give the config too (crnnfw run CONFIG --resume last) so the run's name and output_dir are known")
+    cfg = config_mod.load(config_path, [o for o in overrides if o.split("=")[0] in ("name", "output_dir")])
+    parent = Path(cfg.get("output_dir", "runs")) / cfg.get("name", "run")
+    runs = sorted((p for p in parent.glob("*") if (p / "checkpoints" / "last.ckpt").is_file()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"--resume last: no run with a checkpoint under {parent}")
+    return runs[-1]
+
+
+def resumed_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    """The run's own saved config, with only the overrides that keep it the same run."""
+    changed = [o for o in overrides if o.split("=", 1)[0] not in RESUMABLE]
+    if changed:
+        raise ConfigError(
+            f"--resume: {', '.join(changed)} would make it a different run; a resumed run may change only "
+            f"{', '.join(RESUMABLE)} (start a new run, or fine-tune with --init-from)"
+        )
+    saved = run_dir / "config.yaml"
+    stored = OmegaConf.load(saved)
+    return config_mod.resolve(config_mod.apply_overrides(stored, overrides), get_host().registry, source=str(saved))

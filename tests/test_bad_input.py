@@ -1,0 +1,169 @@
+"""The bad-input campaign: malformed configs, broken checkpoints and broken images.
+
+Every case goes through the real CLI and must end with exactly one ``crnnfw: error:`` line on
+stderr, a non-zero exit, no traceback, and no file written to or changed in existing runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from crnnfw import checkpoint
+
+from .conftest import MNIST_CONFIG, ROOT
+
+CTC_CONFIG = ROOT / "configs" / "multidigit_ctc.yaml"
+QUICK = ["data.train_limit=256", "data.test_limit=128", "trainer.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """An output folder holding one finished run, plus broken files made from its checkpoint."""
+    from crnnfw.cli import main
+
+    root = tmp_path_factory.mktemp("bad")
+    assert main(["run", str(MNIST_CONFIG), *QUICK, f"output_dir={root / 'runs'}", "name=good"]) == 0
+    (run_dir,) = (root / "runs" / "good").iterdir()
+    good = run_dir / "checkpoints" / "last.ckpt"
+    files = root / "files"
+    files.mkdir()
+    state = checkpoint.load(good)
+
+    def save(name: str, value: object) -> None:
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        (files / name).write_bytes(buffer.getvalue())
+
+    (files / "truncated.ckpt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (files / "text.ckpt").write_text("model: not really\n")
+    (files / "empty.ckpt").write_bytes(b"")
+    save("pickled.ckpt", {"format_version": 2, "payload": pickle.PicklingError("code would run here")})
+    save("old_format.ckpt", {**state, "format_version": 1})
+    save("future.ckpt", {**state, "crnnfw_version": "9.0.0"})
+    save("plain_state_dict.ckpt", state["model"])
+    save("no_input.ckpt", {k: v for k, v in state.items() if k != "input"})
+    other = {**state, "config": {**state["config"], "model": {**state["config"]["model"], "encoder": {**state["config"]["model"]["encoder"], "hidden_size": 64}}}}
+    save("other_model.ckpt", other)
+    missing_plugin = {**state, "config": {**state["config"], "model": {**state["config"]["model"], "backbone": {"name": "vgg_from_elsewhere"}}},
+                      "components": {**state["components"], "backbone": {"name": "vgg_from_elsewhere", "plugin": "vgg", "distribution": "crnnfw-vgg", "version": "1.2.0"}}}
+    save("missing_plugin.ckpt", missing_plugin)
+    (files / "bad.yaml").write_text("trainer: {epochs: 3\n")
+    (files / "list.yaml").write_text("- a\n- b\n")
+    (files / "typo.yaml").write_text(yaml.safe_dump({"data": {"name": "mnist"}, "trainer": {"epoch": 2}}))
+    (files / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR broken")
+    (files / "empty.png").write_bytes(b"")
+    (files / "notes.jpg").write_text("this is a text file with an image's name\n")
+    (files / "no_images").mkdir()
+    (files / "no_images" / "readme.txt").write_text("nothing to see\n")
+    return root, run_dir, files
+
+
+def _cases(run: str, files: str):
+    """(name, argv, text the error line must contain). ``{run}`` and ``{files}`` are filled in."""
+    out = "output_dir={root}/runs"
+    return [
+        # Configs: keys, types, values.
+        ("unknown key", ["run", MNIST_CONFIG, "trainer.epoch=3", out], "did you mean 'epochs'"),
+        ("unknown key in file", ["run", f"{files}/typo.yaml", out], "trainer.epoch: unknown key"),
+        ("wrong type", ["run", MNIST_CONFIG, "trainer.epochs=many", out], "trainer.epochs"),
+        ("negative epochs", ["run", MNIST_CONFIG, "trainer.epochs=-1", out], "trainer.epochs: must be > 0"),
+        ("zero batch", ["run", MNIST_CONFIG, "trainer.batch_size=0", out], "trainer.batch_size: must be > 0"),
+        ("zero lr", ["run", MNIST_CONFIG, "trainer.optimizer.lr=0", out], "trainer.optimizer.lr"),
+        ("negative clip", ["run", MNIST_CONFIG, "trainer.grad_clip=-1", out], "trainer.grad_clip: must be >= 0"),
+        ("bad precision", ["run", MNIST_CONFIG, "trainer.precision=fp8", out], "is not one of 32-true"),
+        ("bad optimizer", ["run", MNIST_CONFIG, "trainer.optimizer.name=adagrad", out], "trainer.optimizer.name"),
+        ("bad scheduler", ["run", MNIST_CONFIG, "trainer.scheduler.name=poly", out], "trainer.scheduler.name"),
+        ("bad device", ["run", MNIST_CONFIG, "trainer.device=tpu", out], "trainer.device"),
+        ("no gpu", ["run", MNIST_CONFIG, "trainer.device=cuda", *QUICK, out], "no CUDA GPU"),
+        ("fp16 on cpu", ["run", MNIST_CONFIG, "trainer.precision=16-mixed", "trainer.device=cpu", *QUICK, out], "16-mixed needs a CUDA GPU"),
+        ("section as value", ["run", MNIST_CONFIG, "trainer.optimizer=sgd", out], "expected a section"),
+        ("bad collapse", ["run", MNIST_CONFIG, "model.collapse=sum", out], "model.collapse"),
+        # Configs: components and their options.
+        ("unknown backbone", ["run", MNIST_CONFIG, "model.backbone.name=vgg", out], "model.backbone.name"),
+        ("unknown encoder", ["run", MNIST_CONFIG, "model.encoder.name=transformer", out], "model.encoder.name"),
+        ("unknown head", ["run", MNIST_CONFIG, "model.head.name=crf", out], "model.head.name"),
+        ("unknown dataset", ["run", MNIST_CONFIG, "data.name=imagenet", out], "data.name"),
+        ("no convs", ["run", MNIST_CONFIG, "model.backbone.channels=[]", out], "give at least one conv"),
+        ("pools mismatch", ["run", MNIST_CONFIG, "model.backbone.pools=[[2,2]]", out], "one [h, w] pool per conv"),
+        ("bad padding", ["run", MNIST_CONFIG, "model.backbone.padding=full", out], "padding"),
+        ("encoder type", ["run", MNIST_CONFIG, "model.encoder.hidden_size=big", out], "model.encoder.hidden_size"),
+        ("head pool", ["run", MNIST_CONFIG, "model.head.pool=median", out], "pool"),
+        ("negative limit", ["run", MNIST_CONFIG, "data.train_limit=-5", out], "data"),
+        ("pooled to nothing", ["run", MNIST_CONFIG, "model.backbone.channels=[8,8,8,8,8]",
+                               "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2],[2,2]]", *QUICK, out], "to nothing"),
+        # Configs: files and syntax.
+        ("missing config", ["run", f"{files}/nope.yaml", out], "no such config file"),
+        ("invalid yaml", ["run", f"{files}/bad.yaml", out], "not valid YAML"),
+        ("yaml list", ["run", f"{files}/list.yaml", out], "top level must be a mapping"),
+        ("override syntax", ["run", MNIST_CONFIG, "=3", out], "expected key=value"),
+        ("no config", ["run", out], "give a config file"),
+        # Data and labels.
+        ("missing data root", ["run", MNIST_CONFIG, f"data.root={files}/no_such_folder", out], "data.root"),
+        ("data root without mnist", ["run", MNIST_CONFIG, f"data.root={files}/no_images", out], "lacks"),
+        ("ctc head on class labels", ["run", MNIST_CONFIG, "model.head.name=ctc", *QUICK, out], "pair a classification head"),
+        ("softmax head on strings", ["run", CTC_CONFIG, "model.head.name=softmax", "data.train_size=64", "data.test_size=64", out], "pair a classification head"),
+        ("label outside charset", ["run", CTC_CONFIG, "model.head.charset=abc0123", "data.train_size=64", "data.test_size=64", out], "lacks"),
+        ("whitelist outside charset", ["run", CTC_CONFIG, "model.head.whitelist=xyz", "data.train_size=64", "data.test_size=64", out], "whitelist"),
+        ("label too long", ["run", CTC_CONFIG, "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]", "data.train_size=64", "data.test_size=64", out],
+         "Pool less along the width"),
+        # Fine-tuning and resume.
+        ("init from nothing", ["run", MNIST_CONFIG, "--init-from", f"{files}/nope.ckpt", out], "no such checkpoint"),
+        ("init from text", ["run", MNIST_CONFIG, "--init-from", f"{files}/text.ckpt", *QUICK, out], "text.ckpt"),
+        ("resume nothing", ["run", "--resume", f"{files}/no_images"], "not a run directory"),
+        ("resume changed", ["run", "--resume", run, "trainer.batch_size=32"], "would make it a different run"),
+        ("resume finished", ["run", "--resume", run], "already finished"),
+        # Checkpoints.
+        ("truncated ckpt", ["eval", f"{files}/truncated.ckpt"], "not a readable checkpoint"),
+        ("text ckpt", ["eval", f"{files}/text.ckpt"], "not a readable checkpoint (another file type)"),
+        ("empty ckpt", ["eval", f"{files}/empty.ckpt"], "empty.ckpt: not a readable checkpoint (an empty file)"),
+        ("pickled object", ["eval", f"{files}/pickled.ckpt"], "refused"),
+        ("old format", ["eval", f"{files}/old_format.ckpt"], "checkpoint format 1"),
+        ("future crnnfw", ["eval", f"{files}/future.ckpt"], "newer than this crnnfw"),
+        ("plain state dict", ["predict", f"{files}/plain_state_dict.ckpt", f"{files}/broken.png"], "no format_version"),
+        ("no input spec", ["export", f"{files}/no_input.ckpt"], "not a crnnfw model checkpoint"),
+        ("other model's weights", ["export", f"{files}/other_model.ckpt"], "weights do not fit"),
+        ("model override on eval", ["eval", run, "model.encoder.hidden_size=32"], "weights do not fit"),
+        ("plugin not installed", ["eval", f"{files}/missing_plugin.ckpt"], "crnnfw-vgg 1.2.0"),
+        ("folder without ckpt", ["eval", files], "without checkpoints/best.ckpt"),
+        ("missing ckpt", ["export", f"{files}/nope.ckpt"], "no such checkpoint"),
+        # Images.
+        ("corrupt png", ["predict", run, f"{files}/broken.png"], "broken.png: cannot read it as an image"),
+        ("empty png", ["predict", run, f"{files}/empty.png"], "empty.png: cannot read it as an image"),
+        ("text as jpg", ["predict", run, f"{files}/notes.jpg"], "notes.jpg: cannot read it as an image"),
+        ("folder without images", ["predict", run, f"{files}/no_images"], "no .png, .jpg, .jpeg, .bmp files"),
+        ("missing image", ["predict", run, f"{files}/nope.png"], "no such file or folder"),
+    ]
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+CASES = _cases("{run}", "{files}")
+
+
+def test_the_campaign_has_at_least_forty_cases():
+    assert len(CASES) >= 40
+    assert len({name for name, _, _ in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name, argv, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_clear_line(name, argv, expected, workspace, cli):
+    root, run_dir, files = workspace
+    fill = {"run": str(run_dir), "files": str(files), "root": str(root)}
+    args = [str(a).format(**fill) for a in argv]
+    before = _snapshot(root / "runs")
+    result = cli(*args)
+    assert result.code != 0
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crnnfw: error: "), result.err
+    assert expected.format(**fill) in lines[0], lines[0]
+    assert "Traceback" not in result.err + result.out
+    assert _snapshot(root / "runs") == before
