@@ -95,13 +95,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = build_data(cfg, get_host().registry)
     if tuple(data.classes) != trained.classes:
         raise CrnnfwError(f"eval: the data's classes {''.join(data.classes)!r} are not the model's {''.join(trained.classes)!r}")
+    if (data.channels, data.height) != (trained.spec.channels, trained.spec.height):
+        raise CrnnfwError(
+            f"eval: the data's images are {data.channels} x {data.height} px (channels x height), the model was trained "
+            f"on {trained.spec.channels} x {trained.spec.height}; set the data options (e.g. data.height) to match"
+        )
     split = getattr(data, args.split)
     result = evaluate(trained.model, split, cfg.trainer.eval_batch_size, device, cfg.trainer.precision, keep=48)
     report = result.metrics.report()
     confusion = result.metrics.confusion()
     folder = Path(args.out) if args.out else (trained.run_dir or trained.path.parent) / f"eval-{args.split}"
     folder.mkdir(parents=True, exist_ok=True)
-    written = pictures.draw_evaluation(folder, result, trained.classes)
+    written = pictures.draw_evaluation(folder, result, trained.classes, split=args.split)
     payload = {"checkpoint": str(trained.path), "split": args.split, "samples": len(split), "scores": result.scores,
                "report": report, "confusion": confusion, "pictures": [str(p) for p in written]}
     (folder / "eval.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -256,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init-from", metavar="CKPT", help="fine-tune: start from the matching weights of a checkpoint or run directory")
     run.set_defaults(func=cmd_run)
 
-    evaluate = sub.add_parser("eval", help="metrics of a trained model on the test split (or another, by override)")
+    evaluate = sub.add_parser("eval", help="metrics of a trained model on the test split (--split train, or another dataset by override)")
     evaluate.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test_limit=1000")
     evaluate.add_argument("--split", choices=("test", "train"), default="test")
@@ -264,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_eval)
 
-    predict = sub.add_parser("predict", help="read the text in image files (PNG, JPEG, BMP, or folders of them)")
+    predict = sub.add_parser("predict", help="read the text in image files (any format Pillow reads; in folders: PNG, JPEG, BMP)")
     predict.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
     predict.add_argument("paths", nargs="+", metavar="PATH")
     predict.add_argument("--json", action="store_true", help="one JSON object per file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -51,6 +52,9 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate ``model`` on ``split``; keep up to ``keep`` examples, a quarter of them mistakes when there are any.
 
+    Examples are taken a few from each batch, so they span the split (sequence splits run
+    narrowest first).
+
     In a distributed job each rank evaluates every ``world``-th batch and the head's metrics
     are fed all ranks' results, so every rank returns the scores of the whole split.
     """
@@ -63,6 +67,7 @@ def evaluate(
     right: list[Example] = []
     wrong: list[Example] = []
     shared: list[tuple[Decoded, Batch]] = []  # this rank's results, for the other ranks' metrics
+    per_batch = math.ceil(keep * batch_size / max(len(split), 1))
     for index, batch in enumerate(split.batches(batch_size, shuffle=False)):
         if index % group.world != group.rank:
             continue
@@ -78,9 +83,11 @@ def evaluate(
             metrics.update(decoded, batch)
         if len(right) < keep or len(wrong) < keep // 4:
             truths = batch.target_texts(model.head.classes)
+            taken = {True: 0, False: 0}
             for i, (text, truth) in enumerate(zip(decoded.texts, truths)):
                 pile = right if text == truth else wrong
-                if len(pile) < keep:
+                if len(pile) < keep and taken[pile is right] < per_batch:
+                    taken[pile is right] += 1
                     width = int(batch.widths[i])
                     pile.append(Example(batch.images[i, ..., :width].float().cpu(), text, truth, float(decoded.confidences[i])))
     model.train(was_training)

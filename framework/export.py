@@ -91,11 +91,12 @@ def to_torchscript(module: nn.Module, inputs: tuple[Tensor, ...]) -> torch.jit.S
         return torch.jit.trace(module, inputs, check_trace=False)
 
 
-def onnx_session(model: bytes | str | Path) -> Any:
-    """An ONNX Runtime CPU session for a model given as bytes or a file."""
+def onnx_session(model: bytes | str | Path, threads: int = 0) -> Any:
+    """An ONNX Runtime CPU session for a model given as bytes or a file (``threads`` 0: ONNX Runtime's default)."""
     _, ort = onnx_modules()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -148,6 +149,7 @@ def metadata(trained: Trained) -> dict[str, str]:
         "min_width": str(spec.min_width),
         "max_width": str(spec.max_width),
         "polarity": spec.polarity,
+        **({"ink_height": f"{spec.ink_height:.6g}"} if spec.ink_height else {}),
         "classes": json.dumps(list(trained.classes)),
         **trained.model.head.export_metadata(),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from .model import Model
@@ -13,13 +14,13 @@ def _names(keys: list[str], limit: int = 6) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def init_from(model: Model, source: str, classes: tuple[str, ...], say: Callable[[str], None]) -> dict[str, list[str]]:
+def init_from(model: Model, source: str, classes: tuple[str, ...], say: Callable[[str], None]) -> tuple[Path, dict[str, list[str]]]:
     """Copy every tensor of ``source`` (checkpoint or run directory) whose name and shape match.
 
     When the source was trained on other classes, or its head decodes differently (another
     charset), the whole head starts fresh: its weights mean other symbols. Returns the
-    parameter names by outcome (``loaded``, ``reinitialised``, ``shape_differs``, ``new``,
-    ``unused``) and reports them through ``say``.
+    checkpoint file used and the parameter names by outcome (``loaded``, ``reinitialised``,
+    ``shape_differs``, ``new``, ``unused``), and reports them through ``say``.
     """
     file, state = read_state(source)
     weights = state["model"]
@@ -47,4 +48,4 @@ def init_from(model: Model, source: str, classes: tuple[str, ...], say: Callable
     for label, key in (("skipped, shape differs", "shape_differs"), ("new, not in the checkpoint", "new"), ("unused from the checkpoint", "unused")):
         if outcome[key]:
             say(f"  {label}: {_names(outcome[key])}")
-    return outcome
+    return file, outcome

@@ -30,7 +30,7 @@ def _to_pil(image: torch.Tensor, height: int) -> Image.Image:
     return picture.resize((width, height), Image.Resampling.NEAREST)
 
 
-def predictions_png(examples: Sequence[Example], path: Path, *, columns: int | None = None, cell_height: int = 56) -> Path:
+def predictions_png(examples: Sequence[Example], path: Path, *, split: str = "test", columns: int | None = None, cell_height: int = 56) -> Path:
     """A grid of images, each captioned 'prediction (truth)'; mistakes framed and captioned in red."""
     pictures = [_to_pil(e.image, cell_height) for e in examples]
     font = _font(13)
@@ -41,7 +41,7 @@ def predictions_png(examples: Sequence[Example], path: Path, *, columns: int | N
     canvas = Image.new("RGB", (columns * cell_width, rows * (cell_height + caption + 8) + 28), WHITE)
     draw = ImageDraw.Draw(canvas)
     mistakes = sum(not e.correct for e in examples)
-    draw.text((6, 6), f"test predictions: {len(examples) - mistakes} right, {mistakes} wrong (wrong first, red)", fill=BLACK, font=font)
+    draw.text((6, 6), f"{split} predictions: {len(examples) - mistakes} right, {mistakes} wrong (wrong first, red)", fill=BLACK, font=font)
     for index, (example, picture) in enumerate(zip(examples, pictures)):
         x = (index % columns) * cell_width + 4
         y = (index // columns) * (cell_height + caption + 8) + 28
@@ -140,9 +140,9 @@ def confusion_png(counts: Sequence[Sequence[int]], classes: Sequence[str], path:
     return path
 
 
-def draw_evaluation(folder: Path, evaluation: Evaluation, classes: Sequence[str]) -> list[Path]:
+def draw_evaluation(folder: Path, evaluation: Evaluation, classes: Sequence[str], split: str = "test") -> list[Path]:
     """``predictions.png`` and, for classification, ``confusion.png`` in ``folder``."""
-    written = [predictions_png(evaluation.examples, folder / "predictions.png")] if evaluation.examples else []
+    written = [predictions_png(evaluation.examples, folder / "predictions.png", split=split)] if evaluation.examples else []
     counts = evaluation.metrics.confusion()
     if counts is not None:
         written.append(confusion_png(counts, classes, folder / "confusion.png"))

@@ -146,8 +146,10 @@ class Trainer:
         registry = get_host().registry
         data = build_data(cfg, registry)
         model = build_model(cfg, data, registry)
+        notes: list[str] = []  # fine-tuning's report, printed once the log is open
         if t.init_from and not resumed:
-            init_from(model, t.init_from, data.classes, out.info)
+            source, _ = init_from(model, t.init_from, data.classes, notes.append)
+            cfg.trainer.init_from = str(source)  # the checkpoint file itself, when a run directory was given
         model.to(device)
         net = torch.nn.parallel.DistributedDataParallel(model) if group.enabled else model
         optimizer = build_optimizer(model, t.optimizer)
@@ -190,6 +192,8 @@ class Trainer:
             f"{t.epochs} epochs x {steps_per_epoch} steps"
             + (f" | resumed after epoch {first_epoch - 1} (step {step})" if resumed else "")
         )
+        for line in notes:
+            out.info(line)
 
         started = time.perf_counter()
         for epoch in range(first_epoch, t.epochs + 1):

@@ -120,7 +120,7 @@ class CTCHead(crnnfw.Head):
     def export_metadata(self) -> dict[str, str]:
         """Logits are ``(N, T, len(charset) + 1)``: index 0 is the blank, index i + 1 is ``charset[i]``."""
         metadata = {"decoder": "ctc_greedy", "charset": self.charset, "blank": str(BLANK)}
-        if self.config.whitelist is not None:
+        if self.config.whitelist is not None and set(self.config.whitelist) != set(self.charset):
             metadata["whitelist"] = self.config.whitelist  # decoders should ignore the other characters
         return metadata
 

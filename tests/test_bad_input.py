@@ -130,6 +130,7 @@ def _cases(run: str, files: str):
         ("no input spec", ["export", f"{files}/no_input.ckpt"], "not a crnnfw model checkpoint"),
         ("other model's weights", ["export", f"{files}/other_model.ckpt"], "weights do not fit"),
         ("model override on eval", ["eval", run, "model.encoder.hidden_size=32"], "weights do not fit"),
+        ("eval on other geometry", ["eval", run, "data.name=multidigit", "data.train_size=64", "data.test_size=64"], "the model was trained on 1 x 28"),
         ("plugin not installed", ["eval", f"{files}/missing_plugin.ckpt"], "crnnfw-vgg 1.2.0"),
         ("folder without ckpt", ["eval", files], "without checkpoints/best.ckpt"),
         ("missing ckpt", ["export", f"{files}/nope.ckpt"], "no such checkpoint"),

@@ -163,7 +163,8 @@ def test_fine_tuning_loads_what_fits(tmp_path, short_run, cli):
     assert "loaded 18 of 18 tensors" in same.out and "re-initialised" not in same.out
     (run_dir,) = (tmp_path / "same").iterdir()
     assert json.loads((run_dir / "summary.json").read_text())["final"]["test_accuracy"] >= 0.93
-    assert checkpoint.load(run_dir / "checkpoints" / "last.ckpt")["config"]["trainer"]["init_from"] == str(short_run)
+    assert checkpoint.load(run_dir / "checkpoints" / "last.ckpt")["config"]["trainer"]["init_from"] == str(short_run / "checkpoints" / "best.ckpt")
+    assert "loaded 18 of 18 tensors" in (run_dir / "train.log").read_text()
 
 
 def test_fine_tuning_across_charsets_reinitialises_the_head(tmp_path, short_run, cli):
