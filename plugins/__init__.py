@@ -6,10 +6,13 @@ from __future__ import annotations
 import crnnfw
 
 from .cnn import CNNBackbone, CNNConfig
+from .cnn_chain import CNNChainBackbone, CNNChainConfig
 from .ctc import CTCConfig, CTCHead
+from .dense import DenseConfig, DenseEncoder, FlattenConfig, FlattenEncoder
 from .lstm import LSTMConfig, LSTMEncoder
 from .mnist import MNISTConfig, mnist_data
 from .multidigit import MultiDigitConfig, multidigit_data
+from .pixels import PixelsBackbone, PixelsConfig
 from .softmax import SoftmaxConfig, SoftmaxHead
 
 
@@ -17,12 +20,20 @@ from .softmax import SoftmaxConfig, SoftmaxHead
 def crnnfw_register_backbones(register):
     register("cnn", CNNBackbone.from_config, config=CNNConfig,
              description="Conv stages (conv, norm, activation, pool) that report each sample's output width")
+    register("cnn_chain", CNNChainBackbone.from_config, config=CNNChainConfig,
+             description="Several cnn backbones in a row, each with its own kernel size and padding")
+    register("pixels", PixelsBackbone.from_config, config=PixelsConfig,
+             description="Raw pixels as the sequence, one step per image row or column; no convolution")
 
 
 @crnnfw.hookimpl
 def crnnfw_register_encoders(register):
     register("lstm", LSTMEncoder.from_config, config=LSTMConfig,
              description="Stacked LSTM or GRU over the width axis, optionally bidirectional, padding-aware")
+    register("dense", DenseEncoder.from_config, config=DenseConfig,
+             description="Dense layers on each step on its own (optional batch norm), then optionally an lstm")
+    register("flatten", FlattenEncoder.from_config, config=FlattenConfig,
+             description="All valid steps flattened into one vector, then dense layers: no recurrence")
 
 
 @crnnfw.hookimpl

@@ -9,8 +9,11 @@ from torch import nn
 import crnnfw
 from crnnfw.testing import ConformanceError, check_backbone, check_encoder, check_head
 from crnnfw_plugins.cnn import CNNBackbone, CNNConfig
+from crnnfw_plugins.cnn_chain import CNNChainBackbone, CNNChainConfig
 from crnnfw_plugins.ctc import CTCConfig, CTCHead
+from crnnfw_plugins.dense import DenseConfig, DenseEncoder, FlattenConfig, FlattenEncoder
 from crnnfw_plugins.lstm import LSTMConfig, LSTMEncoder
+from crnnfw_plugins.pixels import PixelsBackbone, PixelsConfig
 from crnnfw_plugins.softmax import SoftmaxConfig, SoftmaxHead
 
 
@@ -77,20 +80,9 @@ class DeadEncoder(crnnfw.SequenceEncoder):
         return self.proj(seq)
 
 
-class FrozenWidthBackbone(crnnfw.Backbone):
-    """Masks and pools correctly, but crops to a width read into Python: fine eagerly, frozen
-    into an exported graph."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.out_channels = 4
-
-    def out_height(self, in_height: int) -> int:
-        return in_height
-
-    def out_lengths(self, widths):
-        return widths
+class FrozenWidthBackbone(LeakyBackbone):
+    """Masks correctly, but crops to a width read into Python: fine eagerly, frozen into an
+    exported graph."""
 
     def forward(self, images, widths):
         features = self.conv(crnnfw.mask_padding(images, widths))
@@ -107,3 +99,45 @@ def test_the_kit_catches_contract_breaks():
     with pytest.raises(ConformanceError, match="ONNX: exported at size .* froze a value"):
         check_backbone(FrozenWidthBackbone(), in_height=8)
     check_backbone(FrozenWidthBackbone(), in_height=8, onnx=False)  # eagerly it keeps the contract
+
+
+@pytest.mark.parametrize("options, in_channels", [({"read": "rows", "width": 96}, 1), ({"read": "rows", "width": 90}, 3), ({"read": "columns"}, 1)])
+def test_pixels_conforms(options, in_channels):
+    torch.manual_seed(0)
+    backbone = PixelsBackbone(PixelsConfig(**options), in_channels, 32)
+    assert not list(backbone.parameters())  # it only moves data: the kit skips the gradient rule
+    check_backbone(backbone, in_channels=in_channels, in_height=32)
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [
+        None,  # the default: conv 30 5x5 valid, pool 2; conv 15 3x3 valid, pool 2
+        [CNNConfig(channels=[8], kernel_size=5, pools=[[2, 2]]),
+         CNNConfig(channels=[8, 16], kernel_size=3, padding="valid", batch_norm=True, pools=[[2, 1], [1, 1]])],
+    ],
+)
+def test_cnn_chain_conforms(stages):
+    torch.manual_seed(0)
+    config = CNNChainConfig() if stages is None else CNNChainConfig(stages=stages)
+    check_backbone(CNNChainBackbone(config, in_channels=1, in_height=32), in_channels=1, in_height=32)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"sizes": [16]},
+        {"sizes": [16], "batch_norm": True, "rnn": LSTMConfig(hidden_size=8, num_layers=1)},
+        {"sizes": [16, 8], "dropout": 0.1, "activation": "gelu", "rnn": LSTMConfig(hidden_size=8, bidirectional=True)},
+    ],
+)
+def test_dense_conforms(options):
+    torch.manual_seed(0)
+    check_encoder(DenseEncoder(DenseConfig(**options), in_features=12), in_features=12)
+
+
+# At least 29 steps: the kit traces the export on sequences of 29.
+@pytest.mark.parametrize("options", [{"steps": 29, "sizes": [16]}, {"steps": 40, "sizes": [16, 8], "batch_norm": True, "dropout": 0.2}])
+def test_flatten_conforms(options):
+    torch.manual_seed(0)
+    check_encoder(FlattenEncoder(FlattenConfig(**options), in_features=12), in_features=12)
