@@ -90,21 +90,24 @@ def main() -> None:
     arrays = load_mnist()
     images, labels = arrays["train_images"][:count], arrays["train_labels"][:count]
 
-    results: dict[str, list[float]] = {"plain": [], "crnnfw": [], "crnnfw_augmented": []}
+    results: dict[str, list[float]] = {"plain": [], "crnnfw": [], "crnnfw_augmented": [], "crnnfw_bf16": []}
     for _ in range(args.repeats):
         results["plain"].append(plain_loop(images, labels, args.batch_size))
         results["crnnfw"].append(crnnfw_loop(count, args.batch_size, ["data.augment.enabled=false"]))
         results["crnnfw_augmented"].append(crnnfw_loop(count, args.batch_size, []))
+        results["crnnfw_bf16"].append(crnnfw_loop(count, args.batch_size, ["data.augment.enabled=false", "trainer.precision=bf16-mixed"]))
     medians = {k: statistics.median(v) for k, v in results.items()}
     ratio = medians["crnnfw"] / medians["plain"]
+    bf16_speedup = medians["crnnfw_bf16"] / medians["crnnfw"]
 
     print(f"MNIST CRNN training, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
           f"{torch.get_num_threads()} threads")
     print(f"{'loop':<18}{'median img/s':>14}   runs")
     for name, values in results.items():
         print(f"{name:<18}{medians[name]:>14.0f}   {' '.join(f'{v:.0f}' for v in values)}")
-    print(f"ratio crnnfw / plain: {ratio:.3f}")
-    print(json.dumps({"batch_size": args.batch_size, "steps": args.steps, "medians": medians, "runs": results, "ratio": ratio}))
+    print(f"ratio crnnfw / plain: {ratio:.3f}   bf16-mixed / fp32 (crnnfw): {bf16_speedup:.2f}x")
+    print(json.dumps({"batch_size": args.batch_size, "steps": args.steps, "medians": medians, "runs": results,
+                      "ratio": ratio, "bf16_speedup": bf16_speedup}))
 
 
 if __name__ == "__main__":

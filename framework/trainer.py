@@ -139,6 +139,7 @@ class Trainer:
 
         # Set-up: threads, seeds, device; data and the checked model; optimizer and schedule.
         torch.set_num_threads(t.num_threads or os.cpu_count() or 1)
+        torch.set_flush_denormal(True)  # tiny activations late in training otherwise take the CPU's slow path
         generator = seed_everything(cfg.seed)
         device = select_device(device_name)
         if t.precision == "16-mixed" and device.type != "cuda":
