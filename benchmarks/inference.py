@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crnnfw import config
-from crnnfw.export import onnx_session, run_onnx, to_onnx
+from crnnfw.export import model_to_onnx, onnx_session, run_onnx
 from crnnfw.model import assemble
 from crnnfw.plugins import get_registry
 
@@ -56,12 +56,7 @@ def main() -> None:
         model = assemble(cfg, get_registry(), channels=channels, height=height, classes=tuple("0123456789")).eval()
         width = widths[0]
         trace = (torch.rand(2, channels, height, width + 20), torch.tensor([width + 20, width]))
-        with torch.no_grad():
-            logits, _ = model(*trace)
-        axes = {"images": {0: "batch", 3: "width"}, "widths": {0: "batch"}, "lengths": {0: "batch"},
-                "logits": {0: "batch", **({1: "steps"} if logits.dim() == 3 else {})}}
-        session = onnx_session(to_onnx(model, trace, input_names=("images", "widths"), output_names=("logits", "lengths"), dynamic_axes=axes),
-                               threads=torch.get_num_threads())
+        session = onnx_session(model_to_onnx(model, trace), threads=torch.get_num_threads())
         for batch in (1, 256):
             images, lengths = torch.rand(batch, channels, height, width), torch.full((batch,), width)
 

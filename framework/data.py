@@ -69,6 +69,11 @@ class InputSpec:
     polarity: str
     ink_height: float | None
 
+    @property
+    def background(self) -> float:
+        """The pixel value of empty space (and of padding) in the model's polarity."""
+        return 0.0 if self.polarity == "light-on-dark" else 1.0
+
     @classmethod
     def of(cls, data: DataModule) -> "InputSpec":
         return cls(data.channels, data.height, data.min_width, data.max_width, data.polarity, data.ink_height)

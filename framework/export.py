@@ -130,8 +130,7 @@ def compare(reference: Sequence[Tensor], candidate: Sequence[Tensor], names: Seq
 def _example(spec: InputSpec, widths: Sequence[int], seed: int) -> tuple[Tensor, Tensor]:
     """Random images of the model's geometry at ``widths``, right-padded with the background."""
     generator = torch.Generator().manual_seed(seed)
-    background = 0.0 if spec.polarity == "light-on-dark" else 1.0
-    images = torch.full((len(widths), spec.channels, spec.height, max(widths)), background)
+    images = torch.full((len(widths), spec.channels, spec.height, max(widths)), spec.background)
     for i, width in enumerate(widths):
         images[i, ..., :width] = torch.rand(spec.channels, spec.height, width, generator=generator)
     return images, torch.tensor(list(widths))
@@ -161,6 +160,18 @@ def verification_widths(spec: InputSpec) -> list[int]:
     return sorted({base, base + 13, 2 * base + 9, max(spec.max_width, base) + 7})
 
 
+def model_to_onnx(model: nn.Module, trace: tuple[Tensor, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A whole model, ``(images, widths) -> (logits, lengths)``, as ONNX with dynamic batch and
+    width; sequence logits ``(N, T, C)`` get a dynamic step axis too."""
+    model.eval()
+    with torch.no_grad():
+        logits, _ = model(*trace)
+    axes = {"images": {0: "batch", 3: "width"}, "widths": {0: "batch"}, "lengths": {0: "batch"},
+            "logits": {0: "batch", **({1: "steps"} if logits.dim() == 3 else {})}}
+    return to_onnx(model, trace, input_names=("images", "widths"), output_names=("logits", "lengths"),
+                   dynamic_axes=axes, metadata=metadata)
+
+
 def export_model(trained: Trained, fmt: str, output: Path) -> Path:
     """Write ``trained``'s model to ``output`` as ONNX (metadata inside) or TorchScript (metadata as an extra file)."""
     if fmt not in FORMATS:
@@ -169,13 +180,7 @@ def export_model(trained: Trained, fmt: str, output: Path) -> Path:
     trace = _example(trained.spec, [max(widths) + 20, widths[0] + 6], seed=1)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
-        with torch.no_grad():
-            logits, _ = trained.model(*trace)
-        axes = {"images": {0: "batch", 3: "width"}, "widths": {0: "batch"}, "lengths": {0: "batch"},
-                "logits": {0: "batch", **({1: "steps"} if logits.dim() == 3 else {})}}
-        data = to_onnx(trained.model, trace, input_names=("images", "widths"), output_names=("logits", "lengths"),
-                       dynamic_axes=axes, metadata=metadata(trained))
-        _write_atomically(output, data)
+        _write_atomically(output, model_to_onnx(trained.model, trace, metadata(trained)))
     else:
         scripted = to_torchscript(trained.model, trace)
         buffer = io.BytesIO()

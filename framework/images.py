@@ -100,8 +100,7 @@ def read_image(path: str | Path, spec: InputSpec, polarity: str = "auto") -> tor
     drawn = polarity if polarity != "auto" else ("dark-on-light" if _border_level(tensor) > 0.5 else "light-on-dark")
     if drawn != spec.polarity:
         tensor = 1.0 - tensor
-    background = 0.0 if spec.polarity == "light-on-dark" else 1.0
-    return _fit(tensor, spec, background)
+    return _fit(tensor, spec)
 
 
 def _crop_to_ink(image: torch.Tensor, background: float) -> torch.Tensor:
@@ -113,7 +112,7 @@ def _crop_to_ink(image: torch.Tensor, background: float) -> torch.Tensor:
     return image[:, int(rows[0]) : int(rows[-1]) + 1, int(columns[0]) : int(columns[-1]) + 1]
 
 
-def _fit(image: torch.Tensor, spec: InputSpec, background: float) -> torch.Tensor:
+def _fit(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """Scale keeping the aspect ratio and pad with the background to the model's geometry.
 
     With ``spec.ink_height`` (the share of the height the ink filled in training, 20/28 for
@@ -121,7 +120,7 @@ def _fit(image: torch.Tensor, spec: InputSpec, background: float) -> torch.Tenso
     images; otherwise it fills the model's height.
     """
     if spec.ink_height:
-        image = _crop_to_ink(image, background)
+        image = _crop_to_ink(image, spec.background)
     _, h, w = image.shape
     box = spec.height * (spec.ink_height or 1.0)
     fixed = spec.min_width == spec.max_width
@@ -130,7 +129,7 @@ def _fit(image: torch.Tensor, spec: InputSpec, background: float) -> torch.Tenso
     resized = F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
     margin = (spec.height - size[0]) // 2 if spec.ink_height else 0
     width = spec.max_width if fixed else max(size[1] + 2 * margin, spec.min_width)
-    canvas = torch.full((image.shape[0], spec.height, width), background)
+    canvas = torch.full((image.shape[0], spec.height, width), spec.background)
     top = (spec.height - size[0]) // 2
     left = (width - size[1]) // 2 if fixed else margin
     canvas[:, top : top + size[0], left : left + size[1]] = resized

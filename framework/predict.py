@@ -33,8 +33,7 @@ class Prediction:
 def recognise(trained: Trained, images: list[torch.Tensor], beam: int = 1) -> Decoded:
     """Texts for ``(C, H, W_i)`` images of the model's height, right-padded into one batch."""
     widths = torch.tensor([image.shape[-1] for image in images])
-    background = 0.0 if trained.spec.polarity == "light-on-dark" else 1.0
-    batch = torch.full((len(images), trained.spec.channels, trained.spec.height, int(widths.max())), background)
+    batch = torch.full((len(images), trained.spec.channels, trained.spec.height, int(widths.max())), trained.spec.background)
     for i, image in enumerate(images):
         batch[i, ..., : image.shape[-1]] = image
     device = next(trained.model.parameters()).device
