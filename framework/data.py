@@ -8,7 +8,7 @@ per-sample Python code), and any object with the same two methods may stand in i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -121,20 +121,11 @@ class TensorSplit:
             order = self.widths.argsort(stable=True) if self.varied_widths else None
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-            widths = self.widths[idx]
-            images = self.images[idx]
-            width = int(widths.max())
-            if width < images.shape[-1]:
-                images = images[..., :width]
-            images = images.float().div_(255.0)
+            raw = Batch(self.images, self.widths, self.targets, self.target_lengths).select(idx)  # uint8, padding cut
+            images = raw.images.float().div_(255.0)
             if self.transform is not None:
                 images = self.transform(images, generator)
-            lengths = self.target_lengths[idx] if self.target_lengths is not None else None
-            if lengths is not None:
-                targets = self.targets[idx][:, : int(lengths.max())]
-            else:
-                targets = self.targets[idx]
-            yield Batch(images, widths, targets, lengths)
+            yield replace(raw, images=images)
 
 
 def build_data(cfg: DictConfig, registry: Registry) -> DataModule:

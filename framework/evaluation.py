@@ -94,10 +94,9 @@ def evaluate(
     for results in group.gather(shared) if group.enabled else []:
         for decoded, batch in results:
             metrics.update(decoded, batch)
-    totals = group.sum(torch.stack([loss_sum.float(), torch.tensor(float(count), device=device)]))
     mistakes = wrong[: keep // 4]
     examples = mistakes + right[: keep - len(mistakes)]
-    return Evaluation({"loss": float(totals[0] / totals[1].clamp(min=1)), **metrics.compute()}, metrics, examples)
+    return Evaluation({"loss": group.mean(loss_sum, count), **metrics.compute()}, metrics, examples)
 
 
 def _to_cpu(decoded: Decoded) -> Decoded:

@@ -239,8 +239,8 @@ class Trainer:
             out.end_epoch()
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
-            totals = group.sum(torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)]))
-            train_loss, seen = float(totals[0] / totals[1].clamp(min=1)), int(totals[1])
+            train_loss = group.mean(loss_sum, seen)
+            seen = int(group.sum(torch.tensor(seen)))
 
             # Evaluate on the test split (shared out across ranks), record, keep the best.
             evaluation = evaluate(model, data.test, t.eval_batch_size, device, t.precision, keep=48, group=group)
