@@ -4,7 +4,9 @@ Builds each recipe's model (random weights: speed does not depend on them), expo
 way `crnnfw export` does, and times both engines at batch 1 and batch 256 on the CPU,
 alternating, medians over repeats; the ratio is measured within one run.
 
-    python benchmarks/inference.py [--repeats 5] [--seconds 1.0] [--threads 0]
+    python benchmarks/inference.py [--repeats 5] [--seconds 1.0] [--threads 0] [--device cpu|cuda]
+
+On a GPU it compares eager fp32, eager bf16 and ``torch.compile`` (bf16) instead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from crnnfw import config
 from crnnfw.export import model_to_onnx, onnx_session, run_onnx
 from crnnfw.model import assemble
 from crnnfw.plugins import get_registry
+from crnnfw.precision import autocast
+from crnnfw.trainer import select_device
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {
@@ -32,14 +36,36 @@ RECIPES = {
 }
 
 
-def rate(call: Callable[[], object], images: int, seconds: float) -> float:
-    """Images/s of ``call`` run repeatedly for about ``seconds`` (after one warm-up call)."""
-    call()
+def rate(call: Callable[[], object], images: int, seconds: float, device: torch.device) -> float:
+    """Images/s of ``call`` run repeatedly for about ``seconds`` (after two warm-up calls)."""
+    def timed() -> None:
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    timed(), timed()
     count, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        call()
+        timed()
         count += 1
     return images * count / elapsed
+
+
+def engines(model: torch.nn.Module, trace: tuple, device: torch.device, threads: int) -> dict[str, Callable]:
+    """name -> function of (images, widths) for each engine compared on this device; the first is the baseline."""
+    def eager(precision: str, net: Callable) -> Callable:
+        def call(images: torch.Tensor, widths: torch.Tensor) -> object:
+            with torch.inference_mode(), autocast(device, precision):
+                return net(images, widths)
+        return call
+
+    if device.type == "cpu":
+        session = onnx_session(model_to_onnx(model, trace), threads=threads)
+        return {"eager": eager("32-true", model), "onnx": lambda images, widths: run_onnx(session, {"images": images, "widths": widths})}
+    model = model.to(device)
+    compiled = torch.compile(model)
+    return {"eager": eager("32-true", model), "eager_bf16": eager("bf16-mixed", model),
+            "compiled_bf16": eager("bf16-mixed", compiled)}
 
 
 def main() -> None:
@@ -47,39 +73,38 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="timing window per measurement")
     parser.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: all cores)")
+    parser.add_argument("--device", default="cpu", help="cpu (eager against ONNX Runtime) or cuda (eager fp32, bf16 and compiled)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = select_device(args.device)
     rows = []
     for name, (path, channels, height, widths) in RECIPES.items():
         cfg = config.resolve(config.load(path), get_registry())
         model = assemble(cfg, get_registry(), channels=channels, height=height, classes=tuple("0123456789")).eval()
         width = widths[0]
         trace = (torch.rand(2, channels, height, width + 20), torch.tensor([width + 20, width]))
-        session = onnx_session(model_to_onnx(model, trace), threads=torch.get_num_threads())
+        runs = engines(model, trace, device, torch.get_num_threads())
         for batch in (1, 256):
-            images, lengths = torch.rand(batch, channels, height, width), torch.full((batch,), width)
-
-            def eager() -> object:
-                with torch.inference_mode():
-                    return model(images, lengths)
-
-            def onnx() -> object:
-                return run_onnx(session, {"images": images, "widths": lengths})
-
-            eager_rates, onnx_rates = [], []
+            images = torch.rand(batch, channels, height, width, device=device if device.type == "cuda" else None)
+            lengths = torch.full((batch,), width, device=images.device)
+            rates: dict[str, list[float]] = {engine: [] for engine in runs}
             for _ in range(args.repeats):
-                eager_rates.append(rate(eager, batch, args.seconds))
-                onnx_rates.append(rate(onnx, batch, args.seconds))
-            e, o = statistics.median(eager_rates), statistics.median(onnx_rates)
-            rows.append({"model": name, "batch": batch, "width": width, "eager_images_per_s": e, "onnx_images_per_s": o, "ratio": o / e})
-    table = Table(title="inference: eager PyTorch vs ONNX Runtime (CPU, medians)")
-    for column in ("model", "batch", "width", "eager img/s", "onnx img/s", "onnx / eager"):
+                for engine, call in runs.items():
+                    rates[engine].append(rate(lambda: call(images, lengths), batch, args.seconds, device))
+            medians = {engine: statistics.median(values) for engine, values in rates.items()}
+            rows.append({"model": name, "batch": batch, "width": width, "images_per_s": medians})
+    baseline, others = next(iter(runs)), list(runs)[1:]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    table = Table(title=f"inference images/s, medians ({where})")
+    for column in ("model", "batch", "width", *runs, *(f"{o} / {baseline}" for o in others)):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(r["model"], str(r["batch"]), str(r["width"]), f"{r['eager_images_per_s']:,.0f}", f"{r['onnx_images_per_s']:,.0f}", f"{r['ratio']:.2f}x")
+        m = r["images_per_s"]
+        table.add_row(r["model"], str(r["batch"]), str(r["width"]), *(f"{v:,.0f}" for v in m.values()),
+                      *(f"{m[o] / m[baseline]:.2f}x" for o in others))
     Console().print(table)
-    print(json.dumps({"benchmark": "inference", "threads": torch.get_num_threads(), "rows": rows}))
+    print(json.dumps({"benchmark": "inference", "device": where, "threads": torch.get_num_threads(), "rows": rows}))
 
 
 if __name__ == "__main__":

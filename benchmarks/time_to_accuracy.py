@@ -48,6 +48,8 @@ def measure(config: Path, overrides: list[str]) -> dict:
         "epochs": len(rows),
         "final_accuracy": rows[-1]["test_accuracy"],
         "train_seconds": summary["train_seconds"],
+        "epoch_seconds": [row["epoch_s"] for row in rows],
+        "device": summary["device"],
         "images_per_s": summary["train_images_per_s"],
         "precision": summary["precision"],
     }

@@ -55,6 +55,9 @@ class RandomAffine:
                 torch.stack([sin, cos, ty], dim=1),
             ],
             dim=1,
-        ).to(images.device, images.dtype)
+        )
+        if images.device.type == "cuda":  # drawn on the host: copied over pinned and asynchronously, no wait for the GPU
+            theta = theta.pin_memory().to(images.device, non_blocking=True)
+        theta = theta.to(images.device, images.dtype)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -24,15 +24,17 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def select(self, index: slice | Tensor) -> "Batch":
-        """The samples at ``index``, with padding beyond their widest image cut off."""
+    def select(self, index: slice | Tensor, *, crop: bool = True) -> "Batch":
+        """The samples at ``index``, with padding beyond their widest image (and longest label)
+        cut off; ``crop=False`` skips the cut, which reads sizes back from a GPU on every call."""
         widths = self.widths[index]
-        width = int(widths.max()) if len(widths) else 0
         lengths = self.target_lengths[index] if self.target_lengths is not None else None
-        targets = self.targets[index]
-        if lengths is not None and len(lengths):
-            targets = targets[:, : int(lengths.max())]
-        return Batch(self.images[index][..., :width], widths, targets, lengths)
+        images, targets = self.images[index], self.targets[index]
+        if crop and len(widths):
+            images = images[..., : int(widths.max())]
+            if lengths is not None:
+                targets = targets[:, : int(lengths.max())]
+        return Batch(images, widths, targets, lengths)
 
     def target_texts(self, classes: tuple[str, ...]) -> list[str]:
         """Each sample's target as text: its class name, or its label's characters joined."""

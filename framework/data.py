@@ -34,6 +34,14 @@ class Split(Protocol):
         ...
 
 
+def on_device(split: Split, device: torch.device) -> Split:
+    """The split with its data moved to ``device`` once, when it knows how (``split.to``); a
+    split without that method (one that composes samples on the fly) is left on the host and
+    its batches are copied one at a time."""
+    to = getattr(split, "to", None)
+    return to(device) if callable(to) else split
+
+
 @dataclass
 class DataModule:
     """A dataset: its splits, its vocabulary and the image geometry (height, width range) the model is built for."""
@@ -111,17 +119,26 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.images)
 
+    def to(self, device: torch.device | str) -> "TensorSplit":
+        """The same split held on ``device`` (a GPU: batches are then cut and augmented there)."""
+        lengths = self.target_lengths.to(device) if self.target_lengths is not None else None
+        return TensorSplit(self.images.to(device), self.targets.to(device), widths=self.widths.to(device),
+                           target_lengths=lengths, transform=self.transform)
+
     def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Random batches when ``shuffle``; otherwise in order of width (stable: images of equal
         width keep their stored order), so evaluation batches carry little padding."""
         n = len(self.images)
         if shuffle:
-            order = torch.randperm(n, generator=generator)
+            order = torch.randperm(n, generator=generator).to(self.images.device)
         else:
             order = self.widths.argsort(stable=True) if self.varied_widths else None
+        # Equal widths and class targets: nothing to cut, so no size is read back per batch.
+        crop = self.varied_widths or self.target_lengths is not None
+        whole = Batch(self.images, self.widths, self.targets, self.target_lengths)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-            raw = Batch(self.images, self.widths, self.targets, self.target_lengths).select(idx)  # uint8, padding cut
+            raw = whole.select(idx, crop=crop)  # uint8, padding cut
             images = raw.images.float().div_(255.0)
             if self.transform is not None:
                 images = self.transform(images, generator)

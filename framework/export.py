@@ -154,10 +154,31 @@ def metadata(trained: Trained) -> dict[str, str]:
     }
 
 
-def verification_widths(spec: InputSpec) -> list[int]:
-    """Three or more widths around the model's own, including odd ones no stride divides."""
+def verification_widths(model: nn.Module, spec: InputSpec) -> list[int]:
+    """Widths around the model's own, including odd ones no stride divides, that the model
+    accepts: one that reads a fixed number of steps (the ``flatten`` encoder) takes its own
+    width only."""
     base = spec.min_width
-    return sorted({base, base + 13, 2 * base + 9, max(spec.max_width, base) + 7})
+    candidates = sorted({base, base + 13, 2 * base + 9, max(spec.max_width, base) + 7})
+    return [width for width in candidates if width == base or _accepts(model, spec, [width])]
+
+
+def _accepts(model: nn.Module, spec: InputSpec, widths: list[int]) -> bool:
+    """Whether the model runs on a batch of these widths (it raises on widths it cannot read)."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*_example(spec, widths, seed=0))
+    except (ValueError, RuntimeError):
+        return False
+    return True
+
+
+def _trace_widths(model: nn.Module, spec: InputSpec, widths: list[int]) -> list[int]:
+    """A padded batch to trace with, wider than every verified width when the model allows it,
+    so the verification runs at sizes the trace never saw."""
+    wide = [max(widths) + 20, widths[0] + 6]
+    return wide if _accepts(model, spec, wide) else [max(widths), widths[0]]
 
 
 def model_to_onnx(model: nn.Module, trace: tuple[Tensor, Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -176,8 +197,8 @@ def export_model(trained: Trained, fmt: str, output: Path) -> Path:
     """Write ``trained``'s model to ``output`` as ONNX (metadata inside) or TorchScript (metadata as an extra file)."""
     if fmt not in FORMATS:
         raise ExportError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
-    widths = verification_widths(trained.spec)
-    trace = _example(trained.spec, [max(widths) + 20, widths[0] + 6], seed=1)
+    widths = verification_widths(trained.model, trained.spec)
+    trace = _example(trained.spec, _trace_widths(trained.model, trained.spec, widths), seed=1)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         _write_atomically(output, model_to_onnx(trained.model, trace, metadata(trained)))
@@ -217,7 +238,7 @@ def verify_export(trained: Trained, path: Path, fmt: str, atol: float = 1e-4) ->
             with torch.no_grad():
                 return list(scripted(images, widths))
 
-    widths = verification_widths(trained.spec)
+    widths = verification_widths(trained.model, trained.spec)
     cases = [[w] for w in widths] + [list(reversed(widths))]
     rows = []
     head = trained.model.head

@@ -11,10 +11,12 @@ from . import config as config_mod
 from .errors import ConfigError
 from .plugins import get_host
 
-#: Options a resumed run may change: they do not alter what an uninterrupted run computes,
+#: Options a resumed run may change: they do not alter what an uninterrupted run computes
+#: (speed options such as ``compile`` may change the last bits of floating-point results),
 #: except ``epochs`` (train on) and ``max_steps``; ``name`` and ``output_dir`` locate ``--resume last``.
 RESUMABLE = ("trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.num_threads", "trainer.device",
-             "trainer.eval_batch_size", "name", "output_dir")
+             "trainer.eval_batch_size", "trainer.compile", "trainer.cudnn_benchmark", "trainer.data_on_device",
+             "name", "output_dir")
 
 
 def find_run(target: str, config_path: str | None, overrides: Sequence[str]) -> Path:

@@ -9,7 +9,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from . import checkpoint, distributed, pictures
 from .config import as_container, to_yaml
-from .data import InputSpec, build_data
+from .data import InputSpec, build_data, on_device
 from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
 from .finetune import init_from
@@ -59,7 +59,9 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     optimizer = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return optimizer(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    # On a GPU the fused kernel updates every tensor in one launch, where small models are launch-bound.
+    fused = all(p.is_cuda for p in model.parameters()) or None
+    return optimizer(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
 
 def lr_factor(step: int, total: int, steps_per_epoch: int, cfg: DictConfig) -> float:
@@ -152,7 +154,13 @@ class Trainer:
             source, _ = init_from(model, t.init_from, data.classes, notes.append)
             cfg.trainer.init_from = str(source)  # the checkpoint file itself, when a run directory was given
         model.to(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = t.cudnn_benchmark
+            if t.data_on_device:  # cut and augment batches where the model runs: no copy per batch
+                data = replace(data, train=on_device(data.train, device), test=on_device(data.test, device))
         net = torch.nn.parallel.DistributedDataParallel(model) if group.enabled else model
+        if t.compile != "off":  # the checkpoint keeps saving ``model``: its names stay those of the plain modules
+            net = torch.compile(net, mode=t.compile)
         optimizer = build_optimizer(model, t.optimizer)
         steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
         total_steps = t.epochs * steps_per_epoch if not t.max_steps else min(t.max_steps, t.epochs * steps_per_epoch)
@@ -237,6 +245,8 @@ class Trainer:
                         )
                 out.step(i, len(batch) * group.world, shown_loss, scheduler.get_last_lr()[0])
             out.end_epoch()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the epoch's time includes the work still queued on the GPU
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
             train_loss = group.mean(loss_sum, seen)

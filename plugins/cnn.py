@@ -11,6 +11,7 @@ from torch import Tensor, nn
 import crnnfw
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+NON_DECREASING = ("relu", "leaky_relu")  # max(f(a), f(b)) == f(max(a, b))
 
 
 @dataclass
@@ -22,6 +23,7 @@ class CNNConfig:
     batch_norm: bool = False
     activation: str = "relu"  # relu | gelu | silu | leaky_relu
     dropout: float = 0.0  # channel dropout after each pooling
+    channels_last: bool = True  # NHWC memory: oneDNN's and cuDNN's fast layout for convolutions
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -39,7 +41,8 @@ class CNNConfig:
 
 
 class CNNBackbone(crnnfw.Backbone):
-    """Conv -> (batch norm) -> activation -> (max-pool, dropout), once per entry of ``channels``.
+    """Conv -> (batch norm) -> activation -> (max-pool, dropout), once per entry of ``channels``
+    (pooling goes before a ReLU, which is equivalent and cheaper).
 
     Features past each sample's width are zeroed before every 'same' convolution, so a sample
     padded inside a wide batch sees the same zeros as one processed alone.
@@ -57,9 +60,13 @@ class CNNBackbone(crnnfw.Backbone):
             ]
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(channels))
-            layers.append(ACTIVATIONS[config.activation]())
+            tail: list[nn.Module] = [ACTIVATIONS[config.activation]()]
             if (ph, pw) != (1, 1):
-                layers.append(nn.MaxPool2d((ph, pw)))
+                # Max-pooling commutes with a non-decreasing activation: pooling first gives the
+                # same values and gradients, and activates ph * pw times fewer values.
+                pool = nn.MaxPool2d((ph, pw))
+                tail = [pool, *tail] if config.activation in NON_DECREASING else [*tail, pool]
+            layers += tail
             if config.dropout > 0:
                 layers.append(nn.Dropout2d(config.dropout))
             self.blocks.append(nn.Sequential(*layers))
@@ -86,7 +93,8 @@ class CNNBackbone(crnnfw.Backbone):
         return self._shrink(widths, 1)[-1].clamp(min=0)
 
     def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
-        x, lengths = images.contiguous(memory_format=torch.channels_last), widths  # oneDNN's fast layout
+        layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        x, lengths = images.contiguous(memory_format=layout), widths
         # Batches without padding (all MNIST) skip the masks; asking costs a device sync on a GPU,
         # where masking anyway is cheaper, and an exported graph must keep them for any batch.
         padded = widths.device.type != "cpu" or torch.jit.is_tracing() or bool((widths < images.shape[-1]).any())

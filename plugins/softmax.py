@@ -85,8 +85,11 @@ class SoftmaxHead(crnnfw.Head):
 
     def forward(self, seq: Tensor, lengths: Tensor) -> Tensor:
         if self.config.pool == "last":
-            index = (lengths - 1).clamp(min=0).to(seq.device)
-            pooled = seq[torch.arange(seq.shape[0], device=seq.device), index]
+            # A one-hot sum rather than advanced indexing: the latter's backward (index_put)
+            # breaks torch.compile under bf16 autocast on CUDA.
+            last = (lengths - 1).clamp(min=0).to(seq.device).unsqueeze(1)
+            pick = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0) == last
+            pooled = (seq * pick.unsqueeze(-1).to(seq.dtype)).sum(1)
         else:
             mask = crnnfw.length_mask(lengths.to(seq.device), seq.shape[1]).unsqueeze(-1)
             if self.config.pool == "mean":

@@ -96,13 +96,11 @@ def test_default_recipe_reaches_99_3_percent(tmp_path):
     assert summary["train_seconds"] <= 15 * 60
 
 
-@pytest.mark.slow
 def test_fast_recipe_reaches_99_percent(tmp_path):
-    """configs/mnist_fast.yaml: 99% on the 10,000 MNIST test images in 3 short epochs (about 50 s here)."""
+    """configs/mnist_fast.yaml: 99% on the 10,000 MNIST test images after one epoch (about 15 s here)."""
     from crnnfw.cli import main
 
     assert main(["run", str(MNIST_CONFIG.with_name("mnist_fast.yaml")), f"output_dir={tmp_path}"]) == 0
     (run_dir,) = (tmp_path / "mnist_fast").iterdir()
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    assert rows[-1]["test_accuracy"] >= 0.99
-    assert max(r["test_accuracy"] for r in rows[:2]) >= 0.99  # already after two epochs
+    assert len(rows) == 1 and rows[0]["test_accuracy"] >= 0.99

@@ -183,3 +183,16 @@ def test_init_from_a_missing_checkpoint_fails_first(tmp_path, cli):
     result = cli("run", MNIST_CONFIG, "--init-from", tmp_path / "nope.ckpt", f"output_dir={tmp_path}")
     assert result.code == 2 and "nope.ckpt: no such checkpoint" in result.err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_fixed_width_model_exports_at_its_own_width(tmp_path, cli):
+    """The fast recipe's flatten encoder reads exactly 7 steps: export traces and verifies at 28 px only."""
+    fast = MNIST_CONFIG.parent / "mnist_fast.yaml"
+    assert cli("run", fast, "data.train_limit=256", "data.test_limit=100", "trainer.epochs=1", f"output_dir={tmp_path}", "name=fast").code == 0
+    (run_dir,) = (tmp_path / "fast").iterdir()
+    for fmt in ("onnx", "torchscript"):
+        result = cli("export", run_dir, "--format", fmt, "-o", tmp_path / f"fast.{fmt}", "--verify")
+        assert result.code == 0, result.err
+        rows = [line for line in result.out.splitlines() if line.strip().startswith("widths")]
+        assert rows and all(row.strip().startswith("widths [28]:") and row.endswith(": ok") for row in rows), result.out
