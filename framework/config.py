@@ -64,7 +64,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads (0: all cores)
     log_every: int = 100  # plain progress line every N steps when stdout is not a terminal
-    compile: str = "off"  # off | default | reduce-overhead | max-autotune: torch.compile the model for training
+    compile: str = "off"  # off | default | reduce-overhead | max-autotune (false: off, true: default): torch.compile the model for training
     cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms (GPU; best when image sizes are fixed)
     data_on_device: bool = True  # GPU: hold in-memory datasets on the GPU (false: copy each batch from the host)
     init_from: Optional[str] = None  # fine-tuning: checkpoint or run directory whose matching weights start the model
@@ -221,7 +221,9 @@ def resolve(cfg: DictConfig, registry: Registry, source: str = "config") -> Dict
     _check_choice(t.precision, PRECISIONS, "trainer.precision", source)
     _check_choice(t.optimizer.name, ("adam", "adamw", "sgd"), "trainer.optimizer.name", source)
     _check_choice(t.scheduler.name, ("constant", "cosine", "onecycle", "step"), "trainer.scheduler.name", source)
-    _check_choice(t.compile, COMPILE_MODES, "trainer.compile", source)
+    # YAML reads a bare off/false as a boolean, which the str field holds as 'False'.
+    out["trainer"]["compile"] = {"False": "off", "True": "default"}.get(t.compile, t.compile)
+    _check_choice(out["trainer"]["compile"], COMPILE_MODES, "trainer.compile", source)
     _check_choice(resolved.model.collapse, ("flatten", "mean"), "model.collapse", source)
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         _check_positive(t[key], f"trainer.{key}", source)

@@ -72,6 +72,10 @@ class CNNBackbone(crnnfw.Backbone):
             self.blocks.append(nn.Sequential(*layers))
             previous = channels
         self.out_channels = previous
+        if config.channels_last:
+            # NHWC weights make every convolution produce NHWC maps: an input of one channel is
+            # NCHW and NHWC at once, and would otherwise keep the whole stack NCHW.
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, config: CNNConfig, *, in_channels: int, in_height: int) -> "CNNBackbone":
@@ -96,8 +100,9 @@ class CNNBackbone(crnnfw.Backbone):
         layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
         x, lengths = images.contiguous(memory_format=layout), widths
         # Batches without padding (all MNIST) skip the masks; asking costs a device sync on a GPU,
-        # where masking anyway is cheaper, and an exported graph must keep them for any batch.
-        padded = widths.device.type != "cpu" or torch.jit.is_tracing() or bool((widths < images.shape[-1]).any())
+        # where masking anyway is cheaper, and an exported or compiled graph must keep them for any batch.
+        padded = (widths.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                  or bool((widths < images.shape[-1]).any()))
         for block, after in zip(self.blocks, self._shrink(widths, 1)):
             if self.same and padded:
                 x = crnnfw.mask_padding(x, lengths)

@@ -89,7 +89,7 @@ class SoftmaxHead(crnnfw.Head):
             # breaks torch.compile under bf16 autocast on CUDA.
             last = (lengths - 1).clamp(min=0).to(seq.device).unsqueeze(1)
             pick = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0) == last
-            pooled = (seq * pick.unsqueeze(-1).to(seq.dtype)).sum(1)
+            pooled = torch.where(pick.unsqueeze(-1), seq, 0).sum(1)
         else:
             mask = crnnfw.length_mask(lengths.to(seq.device), seq.shape[1]).unsqueeze(-1)
             if self.config.pool == "mean":

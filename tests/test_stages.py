@@ -64,12 +64,33 @@ def test_cnn_reports_lengths_and_is_padding_invariant(padding):
             torch.testing.assert_close(features[i, :, :, :n], alone[0, :, :, :n], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_cnn_blocks_compute_conv_activation_pool(activation):
+    """Pooling before a ReLU (cheaper) gives what conv -> activation -> pool gives, values and gradients."""
+    torch.manual_seed(0)
+    backbone = CNNBackbone(CNNConfig(channels=[6, 8], pools=[[2, 2], [2, 1]], activation=activation), in_channels=1)
+    images = torch.randn(3, 1, 16, 20, requires_grad=True)
+    features, _ = backbone(images, torch.full((3,), 20))
+    expected = images
+    for block in backbone.blocks:
+        conv, pool = block[0], next(m for m in block if isinstance(m, torch.nn.MaxPool2d))
+        activate = next(m for m in block if not isinstance(m, (torch.nn.Conv2d, torch.nn.MaxPool2d)))
+        expected = pool(activate(conv(expected)))
+    torch.testing.assert_close(features, expected)
+    grad = torch.randn_like(features)
+    (got,) = torch.autograd.grad(features, images, grad)
+    (want,) = torch.autograd.grad(expected, images, grad)
+    torch.testing.assert_close(got, want)
+
+
 def test_softmax_head_reads_the_last_valid_step():
     head = SoftmaxHead(SoftmaxConfig(pool="last"), in_features=4, classes=tuple("ab")).eval()
     seq = torch.randn(2, 6, 4)
     lengths = torch.tensor([6, 3])
     changed = seq.clone()
     changed[1, 3:] = 99.0
+    torch.testing.assert_close(head(seq, lengths), head(changed, lengths))
+    changed[1, 3:] = float("nan")  # whatever sits past the length never reaches the result
     torch.testing.assert_close(head(seq, lengths), head(changed, lengths))
     decoded = head.decode(head(seq, lengths), lengths)
     assert decoded.texts == [head.classes[i] for i in decoded.indices.tolist()]
