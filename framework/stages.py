@@ -29,7 +29,9 @@ def mask_padding(features: Tensor, lengths: Tensor) -> Tensor:
     Call it before a convolution that reads across the width, so a sample padded inside a
     wide batch sees the same zeros at its edge as one processed alone.
     """
-    return features * length_mask(lengths, features.shape[-1]).to(features.dtype)[:, None, None, :]
+    # One broadcast comparison: (W,) against (N, 1, 1, 1) gives the (N, 1, 1, W) mask directly.
+    columns = torch.arange(features.shape[-1], device=lengths.device)
+    return features * (columns < lengths.reshape(-1, 1, 1, 1)).to(features.dtype)
 
 
 class Backbone(nn.Module, ABC):

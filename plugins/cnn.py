@@ -86,7 +86,13 @@ class CNNBackbone(crnnfw.Backbone):
         sizes = []
         shrink = 0 if self.same else self.config.kernel_size - 1
         for pool in self.config.pools:
-            size = (size - shrink) // pool[axis]
+            # Only the steps that change anything: each is a kernel launch on a GPU and a node
+            # in an exported graph, where these few scalars per sample otherwise cost more
+            # than the convolutions at batch 1.
+            if shrink:
+                size = size - shrink
+            if pool[axis] > 1:
+                size = size // pool[axis]
             sizes.append(size)
         return sizes
 
@@ -94,7 +100,11 @@ class CNNBackbone(crnnfw.Backbone):
         return self._shrink(in_height, 0)[-1]
 
     def out_lengths(self, widths: Tensor) -> Tensor:
-        return self._shrink(widths, 1)[-1].clamp(min=0)
+        return self._clamp(self._shrink(widths, 1)[-1])
+
+    def _clamp(self, lengths: Tensor) -> Tensor:
+        """Lengths below zero (only 'valid' convolutions shrink a narrow image that far) as zero."""
+        return lengths if self.same else lengths.clamp(min=0)
 
     def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
         layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
@@ -107,5 +117,5 @@ class CNNBackbone(crnnfw.Backbone):
             if self.same and padded:
                 x = crnnfw.mask_padding(x, lengths)
             x = block(x)
-            lengths = after.clamp(min=0)
+            lengths = self._clamp(after)
         return x, lengths
