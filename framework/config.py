@@ -20,10 +20,10 @@ from omegaconf import errors as oc_errors
 
 from .errors import ConfigError, first_line
 from .precision import PRECISIONS
+from .registry import Registry, suggest
 
 #: ``trainer.compile``: off, or the ``torch.compile`` mode to train with.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-from .registry import Registry, suggest
 
 #: Where each component section lives and which kind of component it names.
 COMPONENT_SECTIONS = {
