@@ -20,6 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from crnnfw.trainer import read_history
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = (0.990, 0.995)
 
@@ -30,7 +32,7 @@ def measure(config: Path, overrides: list[str]) -> dict:
         command = [sys.executable, "-m", "crnnfw", "run", str(config), f"output_dir={out}", "name=bench", *overrides]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (run_dir,) = (Path(out) / "bench").iterdir()
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = read_history(run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
     reached: dict[str, float | None] = {}
     for target in TARGETS:

@@ -38,7 +38,7 @@ from crnnfw.data import build_data
 from crnnfw.plugins import get_registry
 from crnnfw.precision import autocast
 from crnnfw.progress import Reporter
-from crnnfw.trainer import Trainer, select_device
+from crnnfw.trainer import Trainer, read_history, select_device
 from crnnfw_plugins.mnist import load_mnist
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -152,7 +152,7 @@ def crnnfw_loop(model: str, count: int, batch_size: int, device: torch.device, e
         cfg = config.resolve(config.load(path, overrides), get_registry())
         quiet = Reporter(console=Console(file=io.StringIO()))
         run_dir = Trainer(cfg, reporter=quiet).fit().run_dir
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = read_history(run_dir)
     return rows[-1]["images_per_s"]
 
 
