@@ -1,8 +1,9 @@
 """Inference throughput: eager PyTorch against the exported ONNX model under ONNX Runtime.
 
 Builds each recipe's model (random weights: speed does not depend on them), exports it the
-way `crnnfw export` does, and times both engines at batch 1 and batch 256 on the CPU,
-alternating, medians over repeats; the ratio is measured within one run.
+way `crnnfw export` does, with padding masks and with `--unpadded` (the benchmark's batches
+are unpadded: every image has the batch's width), and times the engines at batch 1 and
+batch 256 on the CPU, alternating, medians over repeats; ratios are measured within one run.
 
     python benchmarks/inference.py [--repeats 5] [--seconds 1.0] [--threads 0] [--device cpu|cuda]
 
@@ -20,6 +21,8 @@ from typing import Callable
 
 import torch
 from rich.console import Console
+
+import crnnfw
 from rich.table import Table
 
 from crnnfw import config
@@ -51,7 +54,7 @@ def rate(call: Callable[[], object], images: int, seconds: float, device: torch.
     return images * count / elapsed
 
 
-def engines(model: torch.nn.Module, trace: tuple, device: torch.device, threads: int) -> dict[str, Callable]:
+def engines(model: torch.nn.Module, example: torch.Tensor, device: torch.device, threads: int) -> dict[str, Callable]:
     """name -> function of (images, widths) for each engine compared on this device; the first is the baseline."""
     def eager(precision: str, net: Callable) -> Callable:
         def call(images: torch.Tensor, widths: torch.Tensor) -> object:
@@ -59,9 +62,18 @@ def engines(model: torch.nn.Module, trace: tuple, device: torch.device, threads:
                 return net(images, widths)
         return call
 
+    def onnx(session: object) -> Callable:
+        return lambda images, widths: run_onnx(session, {"images": images, "widths": widths})
+
     if device.type == "cpu":
-        session = onnx_session(model_to_onnx(model, trace), threads=threads)
-        return {"eager": eager("32-true", model), "onnx": lambda images, widths: run_onnx(session, {"images": images, "widths": widths})}
+        # Traced on a batch wider than the timed one, padded for the masked graph, so neither graph
+        # is specialised to the timed size.
+        width = example.shape[-1]
+        padded = (example, torch.tensor([width, width - 20]))
+        masked = onnx_session(model_to_onnx(model, padded), threads=threads)
+        with crnnfw.unpadded():
+            unpadded = onnx_session(model_to_onnx(model, (example, torch.tensor([width, width]))), threads=threads)
+        return {"eager": eager("32-true", model), "onnx": onnx(masked), "onnx_unpadded": onnx(unpadded)}
     model = model.to(device)
     compiled = torch.compile(model)
     return {"eager": eager("32-true", model), "eager_bf16": eager("bf16-mixed", model),
@@ -83,8 +95,7 @@ def main() -> None:
         cfg = config.resolve(config.load(path), get_registry())
         model = assemble(cfg, get_registry(), channels=channels, height=height, classes=tuple("0123456789")).eval()
         width = widths[0]
-        trace = (torch.rand(2, channels, height, width + 20), torch.tensor([width + 20, width]))
-        runs = engines(model, trace, device, torch.get_num_threads())
+        runs = engines(model, torch.rand(2, channels, height, width + 20), device, torch.get_num_threads())
         for batch in (1, 256):
             images = torch.rand(batch, channels, height, width, device=device if device.type == "cuda" else None)
             lengths = torch.full((batch,), width, device=images.device)
@@ -103,7 +114,7 @@ def main() -> None:
         m = r["images_per_s"]
         table.add_row(r["model"], str(r["batch"]), str(r["width"]), *(f"{v:,.0f}" for v in m.values()),
                       *(f"{m[o] / m[baseline]:.2f}x" for o in others))
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
     print(json.dumps({"benchmark": "inference", "device": where, "threads": torch.get_num_threads(), "rows": rows}))
 
 

@@ -20,7 +20,7 @@ from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, ModelE
 from .hookspecs import hookimpl
 from .metrics import SequenceScores, edit_distance
 from .model import Model, build_model, check_model, collapse_height
-from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask, mask_padding
+from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask, mask_padding, masks_needed, unpadded
 from .version import __version__
 
 __all__ = [
@@ -53,4 +53,6 @@ __all__ = [
     "hookimpl",
     "length_mask",
     "mask_padding",
+    "masks_needed",
+    "unpadded",
 ]

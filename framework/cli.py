@@ -154,10 +154,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint)
     suffix = ".onnx" if args.format == "onnx" else ".pt"
     output = Path(args.output) if args.output else (trained.run_dir or trained.path.parent) / f"{trained.path.stem}{suffix}"
-    export_model(trained, args.format, output)
-    print(f"wrote {output} ({args.format}, dynamic batch and width)")
+    export_model(trained, args.format, output, unpadded=args.unpadded)
+    print(f"wrote {output} ({args.format}, dynamic batch and width{', unpadded' if args.unpadded else ''})")
     if args.verify:
-        rows = verify_export(trained, output, args.format)
+        rows = verify_export(trained, output, args.format, unpadded=args.unpadded)
         for row in rows:
             status = "ok" if row["ok"] else "MISMATCH"
             print(f"  widths {row['widths']}: max |logit diff| {row['max_abs_diff']:.2e}, lengths "
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=FORMATS, default="onnx")
     export.add_argument("--output", "-o", metavar="PATH", help="default: next to the checkpoint's run, named after it")
     export.add_argument("--verify", action="store_true", help="check the export against PyTorch at several widths")
+    export.add_argument("--unpadded", action="store_true",
+                        help="leave out the padding masks: faster, for batches whose images all have the batch's width (batch 1, one width)")
     export.set_defaults(func=cmd_export)
 
     show = sub.add_parser("config", help="print the resolved config (defaults filled in, overrides applied)")

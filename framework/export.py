@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .data import InputSpec
 from .errors import ExportError, first_line
+from .stages import unpadded as unpadded_batches
 from .trained import Trained
 from .version import __version__
 
@@ -136,12 +137,15 @@ def _example(spec: InputSpec, widths: Sequence[int], seed: int) -> tuple[Tensor,
     return images, torch.tensor(list(widths))
 
 
-def metadata(trained: Trained) -> dict[str, str]:
+def metadata(trained: Trained, unpadded: bool = False) -> dict[str, str]:
     """What a user needs to feed the exported model and decode its logits without crnnfw."""
     spec = trained.spec
+    images = ("every image as wide as its batch (batch 1, or equal widths)" if unpadded
+              else "right-padded with the background")
     return {
         "producer": f"crnnfw {__version__}",
-        "inputs": "images: float32 (N, C, H, W) in [0, 1], right-padded with the background; widths: int64 (N,) each image's width",
+        "inputs": f"images: float32 (N, C, H, W) in [0, 1], {images}; widths: int64 (N,) each image's width",
+        "padding": "unpadded" if unpadded else "masked",
         "outputs": "logits; lengths: int64 (N,) valid steps of each sample's logits",
         "input_channels": str(spec.channels),
         "input_height": str(spec.height),
@@ -174,11 +178,13 @@ def _accepts(model: nn.Module, spec: InputSpec, widths: list[int]) -> bool:
     return True
 
 
-def _trace_widths(model: nn.Module, spec: InputSpec, widths: list[int]) -> list[int]:
-    """A padded batch to trace with, wider than every verified width when the model allows it,
-    so the verification runs at sizes the trace never saw."""
+def _trace_widths(model: nn.Module, spec: InputSpec, widths: list[int], unpadded: bool) -> list[int]:
+    """A padded batch to trace with (unpadded: all at the widest), wider than every verified
+    width when the model allows it, so the verification runs at sizes the trace never saw."""
     wide = [max(widths) + 20, widths[0] + 6]
-    return wide if _accepts(model, spec, wide) else [max(widths), widths[0]]
+    if not _accepts(model, spec, wide):
+        wide = [max(widths), widths[0]]
+    return [wide[0]] * 2 if unpadded else wide
 
 
 def model_to_onnx(model: nn.Module, trace: tuple[Tensor, Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -193,23 +199,32 @@ def model_to_onnx(model: nn.Module, trace: tuple[Tensor, Tensor], metadata: dict
                    dynamic_axes=axes, metadata=metadata)
 
 
-def export_model(trained: Trained, fmt: str, output: Path) -> Path:
-    """Write ``trained``'s model to ``output`` as ONNX (metadata inside) or TorchScript (metadata as an extra file)."""
+def export_model(trained: Trained, fmt: str, output: Path, unpadded: bool = False) -> Path:
+    """Write ``trained``'s model to ``output`` as ONNX (metadata inside) or TorchScript (metadata as an extra file).
+
+    ``unpadded`` leaves the padding masks out of the graph (see :func:`crnnfw.unpadded`): faster,
+    for callers whose batches are never padded (batch 1, or images of one width).
+    """
     if fmt not in FORMATS:
         raise ExportError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
     widths = verification_widths(trained.model, trained.spec)
-    trace = _example(trained.spec, _trace_widths(trained.model, trained.spec, widths), seed=1)
+    trace = _example(trained.spec, _trace_widths(trained.model, trained.spec, widths, unpadded), seed=1)
     output.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "onnx":
-        _write_atomically(output, model_to_onnx(trained.model, trace, metadata(trained)))
-    else:
-        scripted = to_torchscript(trained.model, trace)
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still what C++ and mobile load
-            torch.jit.save(scripted, buffer, _extra_files={"crnnfw.json": json.dumps(metadata(trained))})
-        _write_atomically(output, buffer.getvalue())
+    info = metadata(trained, unpadded)
+    with unpadded_batches() if unpadded else contextlib.nullcontext():
+        data = model_to_onnx(trained.model, trace, info) if fmt == "onnx" else _torchscript_file(trained.model, trace, info)
+    _write_atomically(output, data)
     return output
+
+
+def _torchscript_file(model: nn.Module, trace: tuple[Tensor, Tensor], info: dict[str, str]) -> bytes:
+    """The traced model as a TorchScript file, with the metadata as its extra file ``crnnfw.json``."""
+    buffer = io.BytesIO()
+    scripted = to_torchscript(model, trace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream, still what C++ and mobile load
+        torch.jit.save(scripted, buffer, _extra_files={"crnnfw.json": json.dumps(info)})
+    return buffer.getvalue()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -218,8 +233,9 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def verify_export(trained: Trained, path: Path, fmt: str, atol: float = 1e-4) -> list[dict[str, Any]]:
-    """Run the exported model against PyTorch at several widths, alone and batched.
+def verify_export(trained: Trained, path: Path, fmt: str, atol: float = 1e-4, unpadded: bool = False) -> list[dict[str, Any]]:
+    """Run the exported model against PyTorch at several widths, alone and batched (an
+    ``unpadded`` export: batched at one width).
 
     Each row: the widths, the largest logit difference, whether lengths and decoded texts
     agree, and ``ok`` when all three hold (logits within ``atol``).
@@ -239,7 +255,7 @@ def verify_export(trained: Trained, path: Path, fmt: str, atol: float = 1e-4) ->
                 return list(scripted(images, widths))
 
     widths = verification_widths(trained.model, trained.spec)
-    cases = [[w] for w in widths] + [list(reversed(widths))]
+    cases = [[w] for w in widths] + [[widths[-1]] * max(2, len(widths)) if unpadded else list(reversed(widths))]
     rows = []
     head = trained.model.head
     for seed, case in enumerate(cases):

@@ -22,8 +22,7 @@ def collapse_height(features: Tensor, mode: str) -> Tensor:
     """
     if mode == "mean":
         return features.mean(dim=2).transpose(1, 2)
-    n, d, h, w = features.shape
-    return features.permute(0, 3, 1, 2).reshape(n, w, d * h)
+    return features.permute(0, 3, 1, 2).flatten(2)
 
 
 class Model(nn.Module):

@@ -7,10 +7,12 @@ result is therefore the same alone or inside a batch padded to a wider image.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import contextlib
 import json
+from abc import ABC, abstractmethod
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -23,12 +25,45 @@ def length_mask(lengths: Tensor, size: int) -> Tensor:
     return torch.arange(size, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+_UNPADDED: ContextVar[bool] = ContextVar("crnnfw_unpadded", default=False)
+
+
+@contextlib.contextmanager
+def unpadded() -> Iterator[None]:
+    """Promise that every image in the batches run inside fills its batch's width (batch 1, or
+    equal widths), so padding masks are left out: ``crnnfw export --unpadded`` traces under it,
+    for a smaller and faster graph."""
+    token = _UNPADDED.set(True)
+    try:
+        yield
+    finally:
+        _UNPADDED.reset(token)
+
+
+def masks_needed(lengths: Tensor, size: int) -> bool:
+    """Whether a stage must mask padding: whether some sample is shorter than ``size``, the
+    width (or number of steps) its batch was padded to.
+
+    Never inside :func:`unpadded`. Always while tracing or compiling, since the graph must serve
+    any later batch, and on a GPU, where asking costs a device sync and masking is cheaper.
+    Otherwise only when a sample is short (never for MNIST), so unpadded batches skip the work.
+    """
+    if _UNPADDED.get():
+        return False
+    if lengths.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
+    return bool((lengths < size).any())
+
+
 def mask_padding(features: Tensor, lengths: Tensor) -> Tensor:
     """Zero the columns of ``(N, C, H, W)`` features at or past each sample's length.
 
     Call it before a convolution that reads across the width, so a sample padded inside a
-    wide batch sees the same zeros at its edge as one processed alone.
+    wide batch sees the same zeros at its edge as one processed alone. Inside
+    :func:`unpadded` there is no padding to zero, and the features come back as they are.
     """
+    if _UNPADDED.get():
+        return features
     # One broadcast comparison: (W,) against (N, 1, 1, 1) gives the (N, 1, 1, W) mask directly.
     columns = torch.arange(features.shape[-1], device=lengths.device)
     return features * (columns < lengths.reshape(-1, 1, 1, 1)).to(features.dtype)

@@ -108,14 +108,17 @@ class CNNBackbone(crnnfw.Backbone):
 
     def forward(self, images: Tensor, widths: Tensor) -> tuple[Tensor, Tensor]:
         layout = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        x, lengths = images.contiguous(memory_format=layout), widths
-        # Batches without padding (all MNIST) skip the masks; asking costs a device sync on a GPU,
-        # where masking anyway is cheaper, and an exported or compiled graph must keep them for any batch.
-        padded = (widths.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                  or bool((widths < images.shape[-1]).any()))
-        for block, after in zip(self.blocks, self._shrink(widths, 1)):
-            if self.same and padded:
-                x = crnnfw.mask_padding(x, lengths)
+        x = images.contiguous(memory_format=layout)
+        # One mask, shrunk with the map: after a width pool of p, column j is valid exactly when
+        # input column (j + 1) * p - 1 was (floor(length / p) columns), so a strided slice of the
+        # mask replaces recomputing it from the lengths (one node instead of seven in an exported graph).
+        masked = self.same and crnnfw.masks_needed(widths, images.shape[-1])
+        keep = crnnfw.length_mask(widths, images.shape[-1])[:, None, None] if masked else None
+        for block, (_, pw) in zip(self.blocks, self.config.pools):
+            if keep is not None:
+                if keep.dtype != x.dtype:
+                    keep = keep.to(x.dtype)
+                x = x * keep
+                keep = keep[..., pw - 1 :: pw] if pw > 1 else keep
             x = block(x)
-            lengths = self._clamp(after)
-        return x, lengths
+        return x, self.out_lengths(widths)

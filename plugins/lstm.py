@@ -68,11 +68,16 @@ class LSTMEncoder(crnnfw.SequenceEncoder):
     def forward(self, seq: Tensor, lengths: Tensor) -> Tensor:
         if not self.bidirectional:
             return self.rnn(seq)[0]
+        padded = crnnfw.masks_needed(lengths, seq.shape[1])
+
+        def reverse(x: Tensor) -> Tensor:
+            return reverse_valid(x, lengths) if padded else x.flip(1)
+
         x = seq
         for i, (forward, backward) in enumerate(zip(self.forward_layers, self.backward_layers)):
             if i > 0:
                 x = self.dropout(x)
             ahead = forward(x)[0]
-            behind = reverse_valid(backward(reverse_valid(x, lengths))[0], lengths)
+            behind = reverse(backward(reverse(x))[0])
             x = torch.cat([ahead, behind], dim=-1)
         return x

@@ -45,10 +45,14 @@ def test_encoder_is_padding_invariant(cell, bidirectional):
         torch.testing.assert_close(encoder(garbage, lengths)[1, :7], together[1, :7], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("padding", ["same", "valid"])
-def test_cnn_reports_lengths_and_is_padding_invariant(padding):
+@pytest.mark.parametrize("padding, pools", [
+    ("same", [[2, 2], [1, 1], [2, 1]]),
+    ("same", [[2, 3], [1, 2], [2, 1]]),  # width pools of 3 then 2: odd remainders at every step
+    ("valid", [[2, 2], [1, 1], [2, 1]]),
+])
+def test_cnn_reports_lengths_and_is_padding_invariant(padding, pools):
     torch.manual_seed(0)
-    cfg = CNNConfig(channels=[4, 8, 8], pools=[[2, 2], [1, 1], [2, 1]], padding=padding, batch_norm=True)
+    cfg = CNNConfig(channels=[4, 8, 8], pools=pools, padding=padding, batch_norm=True)
     backbone = CNNBackbone(cfg, in_channels=1).eval()
     samples = [torch.rand(1, 32, w) for w in (41, 17, 64)]
     images, widths = padded(samples)
@@ -56,12 +60,53 @@ def test_cnn_reports_lengths_and_is_padding_invariant(padding):
         features, lengths = backbone(images, widths)
         assert torch.equal(lengths, backbone.out_lengths(widths))
         shrink = 0 if padding == "same" else 2
-        assert lengths.tolist() == [((w - shrink) // 2 - shrink - shrink) for w in (41, 17, 64)]
+        expected = []
+        for w in (41, 17, 64):
+            for _, pool_width in pools:
+                w = (w - shrink) // pool_width
+            expected.append(w)
+        assert lengths.tolist() == expected
         assert features.shape[:3] == (3, 8, backbone.out_height(32))
         for i, s in enumerate(samples):
             alone, n = backbone(s.unsqueeze(0), widths[i : i + 1])
             n = int(n)
             torch.testing.assert_close(features[i, :, :, :n], alone[0, :, :, :n], atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")  # the tracer export uses
+def test_unpadded_leaves_the_masks_out_of_a_traced_graph():
+    """Under crnnfw.unpadded() a traced backbone and BiLSTM have no padding masks: same results
+    for unpadded batches, different ones for padded batches (what the masks were for)."""
+    torch.manual_seed(0)
+    backbone = CNNBackbone(CNNConfig(channels=[4, 8], pools=[[2, 2], [2, 1]]), in_channels=1).eval()
+    encoder = LSTMEncoder(LSTMConfig(hidden_size=8, num_layers=1, bidirectional=True), in_features=8 * 8).eval()
+
+    class Stages(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.encoder = backbone, encoder
+
+        def forward(self, images, widths):
+            features, lengths = self.backbone(images, widths)
+            return self.encoder(crnnfw.collapse_height(features, "flatten"), lengths), lengths
+
+    model = Stages()
+    trace = (torch.rand(2, 1, 32, 48), torch.tensor([48, 48]))
+    with torch.no_grad():
+        masked = torch.jit.trace(model, trace)
+        with crnnfw.unpadded():
+            lean = torch.jit.trace(model, trace)
+            features = torch.rand(2, 3, 4, 5)
+            assert crnnfw.mask_padding(features, torch.tensor([1, 2])) is features
+            assert not crnnfw.masks_needed(torch.tensor([1, 5]), 5)
+        assert crnnfw.masks_needed(torch.tensor([1, 5]), 5) and not crnnfw.masks_needed(torch.tensor([5, 5]), 5)
+        kinds = [[node.kind() for node in graph.inlined_graph.nodes()] for graph in (masked, lean)]
+        assert "aten::lt" in kinds[0] and "aten::gather" in kinds[0]
+        assert "aten::lt" not in kinds[1] and "aten::gather" not in kinds[1] and len(kinds[1]) < len(kinds[0])
+        same_width = (torch.rand(3, 1, 32, 36), torch.tensor([36, 36, 36]))
+        torch.testing.assert_close(lean(*same_width)[0], masked(*same_width)[0], atol=1e-6, rtol=0)
+        padded_batch = (torch.rand(2, 1, 32, 36), torch.tensor([36, 21]))
+        assert not torch.allclose(lean(*padded_batch)[0][1, :5], masked(*padded_batch)[0][1, :5], atol=1e-4)
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu"])

@@ -145,6 +145,26 @@ def test_onnx_export_round_trip_at_several_widths(tmp_path, short_run, cli, digi
     assert predicted == onnx_texts
 
 
+def test_unpadded_export_is_smaller_and_says_so(tmp_path, short_run, cli):
+    """--unpadded drops the padding masks: fewer nodes, verified on batches of one width, and the
+    metadata tells a deployment not to pad."""
+    import onnx
+
+    masked, lean = tmp_path / "masked.onnx", tmp_path / "lean.onnx"
+    assert cli("export", short_run, "-o", masked).code == 0
+    result = cli("export", short_run, "-o", lean, "--unpadded", "--verify")
+    assert result.code == 0, result.err
+    assert "unpadded" in result.out.splitlines()[0]
+    rows = [line.strip() for line in result.out.splitlines() if line.strip().startswith("widths")]
+    assert len(rows) >= 5 and all(row.endswith(": ok") for row in rows)
+    batched = rows[-1].split("]")[0].removeprefix("widths [").split(", ")
+    assert len(batched) >= 2 and len(set(batched)) == 1
+    graphs = [onnx.load(str(path)) for path in (masked, lean)]
+    meta = [{p.key: p.value for p in graph.metadata_props} for graph in graphs]
+    assert meta[0]["padding"] == "masked" and meta[1]["padding"] == "unpadded" and "as wide as its batch" in meta[1]["inputs"]
+    assert len(graphs[1].graph.node) < len(graphs[0].graph.node) - 20
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated upstream, still what C++ loads
 def test_torchscript_export(tmp_path, short_run, cli):
     result = cli("export", short_run / "checkpoints" / "last.ckpt", "--format", "torchscript", "-o", tmp_path / "m.pt", "--verify")
