@@ -81,26 +81,27 @@ class CNNBackbone(crnnfw.Backbone):
     def from_config(cls, config: CNNConfig, *, in_channels: int, in_height: int) -> "CNNBackbone":
         return cls(config, in_channels)
 
-    def _shrink(self, size: Tensor | int, axis: int) -> list:
-        """The size after each block along one axis (0: height, 1: width)."""
-        sizes = []
+    def _shrink(self, size: Tensor | int, axis: int) -> Tensor | int:
+        """The size after every block along one axis (0: height, 1: width).
+
+        As few steps as give the same result: each is a kernel launch on a GPU and a node in an
+        exported graph. Without 'valid' shrinking, consecutive floor divisions are one
+        (floor(floor(x / a) / b) == floor(x / (a * b))).
+        """
         shrink = 0 if self.same else self.config.kernel_size - 1
+        divisor = 1
         for pool in self.config.pools:
-            # Only the steps that change anything: each is a kernel launch on a GPU and a node
-            # in an exported graph, where these few scalars per sample otherwise cost more
-            # than the convolutions at batch 1.
             if shrink:
-                size = size - shrink
-            if pool[axis] > 1:
-                size = size // pool[axis]
-            sizes.append(size)
-        return sizes
+                size = size // divisor - shrink if divisor > 1 else size - shrink
+                divisor = 1
+            divisor *= pool[axis]
+        return size // divisor if divisor > 1 else size
 
     def out_height(self, in_height: int) -> int:
-        return self._shrink(in_height, 0)[-1]
+        return self._shrink(in_height, 0)
 
     def out_lengths(self, widths: Tensor) -> Tensor:
-        return self._clamp(self._shrink(widths, 1)[-1])
+        return self._clamp(self._shrink(widths, 1))
 
     def _clamp(self, lengths: Tensor) -> Tensor:
         """Lengths below zero (only 'valid' convolutions shrink a narrow image that far) as zero."""
