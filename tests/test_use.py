@@ -145,6 +145,7 @@ def test_onnx_export_round_trip_at_several_widths(tmp_path, short_run, cli, digi
     assert predicted == onnx_texts
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated upstream, still what C++ loads
 def test_unpadded_export_is_smaller_and_says_so(tmp_path, short_run, cli):
     """--unpadded drops the padding masks: fewer nodes, verified on batches of one width, and the
     metadata tells a deployment not to pad."""
@@ -163,6 +164,12 @@ def test_unpadded_export_is_smaller_and_says_so(tmp_path, short_run, cli):
     meta = [{p.key: p.value for p in graph.metadata_props} for graph in graphs]
     assert meta[0]["padding"] == "masked" and meta[1]["padding"] == "unpadded" and "as wide as its batch" in meta[1]["inputs"]
     assert len(graphs[1].graph.node) < len(graphs[0].graph.node) - 20
+
+    scripted = cli("export", short_run, "--format", "torchscript", "-o", tmp_path / "lean.pt", "--unpadded", "--verify")
+    assert scripted.code == 0 and scripted.out.count(": ok") >= 5, scripted.err
+    files: dict[str, bytes] = {"crnnfw.json": b""}
+    torch.jit.load(str(tmp_path / "lean.pt"), _extra_files=files)
+    assert json.loads(files["crnnfw.json"])["padding"] == "unpadded"
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated upstream, still what C++ loads
