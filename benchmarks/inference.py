@@ -21,10 +21,9 @@ from typing import Callable
 
 import torch
 from rich.console import Console
-
-import crnnfw
 from rich.table import Table
 
+import crnnfw
 from crnnfw import config
 from crnnfw.export import model_to_onnx, onnx_session, run_onnx
 from crnnfw.model import assemble
