@@ -56,10 +56,11 @@ class Group:
             dist.all_reduce(value)
         return value
 
-    def mean(self, total: torch.Tensor, count: int) -> float:
-        """``total / count`` with both summed over ranks: a mean over every rank's samples."""
+    def mean(self, total: torch.Tensor, count: int) -> tuple[float, int]:
+        """``total / count`` with both summed over ranks (a mean over every rank's samples), and
+        that summed count; one all-reduce, on ``total``'s device as NCCL needs."""
         totals = self.sum(torch.stack([total.float(), torch.tensor(float(count), device=total.device)]))
-        return float(totals[0] / totals[1].clamp(min=1))
+        return float(totals[0] / totals[1].clamp(min=1)), int(totals[1])
 
     def gather(self, item: Any) -> list[Any]:
         """Every rank's ``item``, in rank order, on every rank."""

@@ -96,7 +96,8 @@ def evaluate(
             metrics.update(decoded, batch)
     mistakes = wrong[: keep // 4]
     examples = mistakes + right[: keep - len(mistakes)]
-    return Evaluation({"loss": group.mean(loss_sum, count), **metrics.compute()}, metrics, examples)
+    loss, _ = group.mean(loss_sum, count)
+    return Evaluation({"loss": loss, **metrics.compute()}, metrics, examples)
 
 
 def _to_cpu(decoded: Decoded) -> Decoded:

@@ -249,8 +249,7 @@ class Trainer:
                 torch.cuda.synchronize(device)  # the epoch's time includes the work still queued on the GPU
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
-            train_loss = group.mean(loss_sum, seen)
-            seen = int(group.sum(torch.tensor(seen)))
+            train_loss, seen = group.mean(loss_sum, seen)
 
             # Evaluate on the test split (shared out across ranks), record, keep the best.
             evaluation = evaluate(model, data.test, t.eval_batch_size, device, t.precision, keep=48, group=group)
