@@ -13,7 +13,6 @@ On a GPU it compares eager fp32, eager bf16 and ``torch.compile`` (bf16) instead
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ from crnnfw.model import assemble
 from crnnfw.plugins import get_registry
 from crnnfw.precision import autocast
 from crnnfw.trainer import select_device
+
+import report  # benchmarks/report.py: the machine beside every figure
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {
@@ -106,6 +107,7 @@ def main() -> None:
             rows.append({"model": name, "batch": batch, "width": width, "images_per_s": medians})
     baseline, others = next(iter(runs)), list(runs)[1:]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(report.header())
     table = Table(title=f"inference images/s, medians ({where})")
     for column in ("model", "batch", "width", *runs, *(f"{o} / {baseline}" for o in others)):
         table.add_column(column, justify="right")
@@ -114,7 +116,7 @@ def main() -> None:
         table.add_row(r["model"], str(r["batch"]), str(r["width"]), *(f"{v:,.0f}" for v in m.values()),
                       *(f"{m[o] / m[baseline]:.2f}x" for o in others))
     Console(width=max(120, Console().width)).print(table)
-    print(json.dumps({"benchmark": "inference", "device": where, "threads": torch.get_num_threads(), "rows": rows}))
+    report.save("inference", {"device": where, "rows": rows})
 
 
 if __name__ == "__main__":

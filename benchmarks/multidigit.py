@@ -8,7 +8,6 @@ Prints a table and one JSON line. Figures are medians over repeats, measured in 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from crnnfw.plugins import get_registry
 from crnnfw_plugins.ctc import beam_decode, greedy_decode
 from crnnfw_plugins.mnist import load_mnist
 from crnnfw_plugins.multidigit import DigitBank, MultiDigitConfig, compose
+
+import report  # benchmarks/report.py: the machine beside every figure
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "multidigit_ctc.yaml"
 
@@ -89,10 +90,11 @@ def main() -> None:
 
     results["inference + greedy strings/s (batch 256)"] = rate(len(data.test), infer_pass, args.repeats)
 
+    print(report.header())
     print(f"multidigit benchmarks, {torch.get_num_threads()} threads, medians of {args.repeats}")
     for name, value in results.items():
         print(f"{name:<44}{value:>12,.0f}")
-    print(json.dumps(results))
+    report.save("multidigit", {"results": results})
 
 
 if __name__ == "__main__":

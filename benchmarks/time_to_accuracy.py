@@ -22,6 +22,8 @@ from rich.table import Table
 
 from crnnfw.trainer import read_history
 
+import report  # benchmarks/report.py: the machine beside every figure
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = (0.990, 0.995)
 
@@ -69,8 +71,9 @@ def main() -> None:
     for r in results:
         shown = [f"{s:.1f} s" if s is not None else "not reached" for s in r["seconds_to"].values()]
         table.add_row(r["config"], r["precision"], *shown, f"{r['final_accuracy']:.2%}", str(r["epochs"]), f"{r['images_per_s']:,.0f}")
+    print(report.header())
     Console().print(table)
-    print(json.dumps({"benchmark": "time_to_accuracy", "results": results}))
+    report.save("time_to_accuracy", {"results": results})
 
 
 if __name__ == "__main__":

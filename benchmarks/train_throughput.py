@@ -6,22 +6,22 @@ in one run (this machine is shared and noisy). Each contender is timed on its se
 over the data; the first warms up.
 
 - ``mnist_crnn`` (configs/mnist_crnn.yaml): in-memory MNIST tensors without augmentation, so
-  both loops do the same work; crnnfw is also timed with the recipe's augmentation and in
-  bf16. On a GPU the variants add bf16 for the plain loop, NCHW instead of channels-last and
-  cuDNN's autotuner.
+  both loops do the same work; crnnfw is also timed with the recipe's augmentation (whose
+  share of a step is printed) and in bf16 (only where the device runs bf16 natively, unless
+  ``--bf16 yes``). On a GPU the variants add bf16 for the plain loop, NCHW instead of
+  channels-last and cuDNN's autotuner.
 - ``multidigit_ctc`` (configs/multidigit_ctc.yaml): both loops read the batches of the
   ``multidigit`` dataset (strings composed and warped afresh each epoch) and train with the
   CTC loss; crnnfw's model is padding-aware, the plain one reads padded batches as they are.
 
     python benchmarks/train_throughput.py [--model mnist_crnn|multidigit_ctc|all] [--steps 60] [--repeats 3]
-                                          [--batch-size N] [--device auto] [--compile]
+                                          [--batch-size N] [--device auto] [--compile] [--bf16 auto|yes|no]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import tempfile
 import time
@@ -36,10 +36,13 @@ from torch import nn
 from crnnfw import Batch, config
 from crnnfw.data import build_data
 from crnnfw.plugins import get_registry
+from crnnfw.hardware import hardware
 from crnnfw.precision import autocast
 from crnnfw.progress import Reporter
 from crnnfw.trainer import Trainer, read_history, select_device
 from crnnfw_plugins.mnist import load_mnist
+
+import report  # benchmarks/report.py: the machine beside every figure
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 #: model -> (config, batch size, overrides that size the data to ``count`` training samples)
@@ -156,12 +159,14 @@ def crnnfw_loop(model: str, count: int, batch_size: int, device: torch.device, e
     return rows[-1]["images_per_s"]
 
 
-def contenders(model: str, count: int, batch_size: int, device: torch.device, compile_too: bool) -> dict[str, Callable[[], float]]:
-    """The loops compared for one model on this device: name -> function returning samples/s."""
+def contenders(model: str, count: int, batch_size: int, device: torch.device, compile_too: bool,
+               bf16: bool) -> dict[str, Callable[[], float]]:
+    """The loops compared for one model on this device: name -> function returning samples/s
+    (the bf16 ones only with ``bf16``)."""
     def crnnfw(*extra: str) -> Callable[[], float]:
         return lambda: crnnfw_loop(model, count, batch_size, device, list(extra))
 
-    fp32, bf16 = ["trainer.precision=32-true"], ["trainer.precision=bf16-mixed"]
+    fp32, bf16_overrides = ["trainer.precision=32-true"], ["trainer.precision=bf16-mixed"]
     if model == "multidigit_ctc":
         registry = get_registry()
         path, _, sized = MODELS[model]
@@ -172,22 +177,26 @@ def contenders(model: str, count: int, batch_size: int, device: torch.device, co
             return lambda: plain_loop(PlainCTC, lambda: data.train.batches(batch_size, shuffle=True, generator=generator),
                                       ctc_loss, device, precision)
 
-        return {"plain": plain("32-true"), "crnnfw": crnnfw(*fp32), "plain_bf16": plain("bf16-mixed"), "crnnfw_bf16": crnnfw(*bf16)}
+        loops = {"plain": plain("32-true"), "crnnfw": crnnfw(*fp32)}
+        return {**loops, "plain_bf16": plain("bf16-mixed"), "crnnfw_bf16": crnnfw(*bf16_overrides)} if bf16 else loops
 
     def plain_mnist(precision: str) -> Callable[[], float]:
         return lambda: plain_loop(PlainCRNN, mnist_batches(count, batch_size, device), lambda logits, batch: F.cross_entropy(logits, batch.targets),
                                   device, precision)
 
-    fp32.append("data.augment.enabled=false")
-    bf16.append("data.augment.enabled=false")
-    loops = {"plain": plain_mnist("32-true"), "crnnfw": crnnfw(*fp32), "crnnfw_augmented": crnnfw(), "crnnfw_bf16": crnnfw(*bf16)}
+    bf16_overrides.append("data.augment.enabled=false")
+    loops = {"plain": plain_mnist("32-true"), "crnnfw": crnnfw(*fp32, "data.augment.enabled=false"),
+             "crnnfw_augmented": crnnfw(*fp32)}
+    if bf16:
+        loops["crnnfw_bf16"] = crnnfw(*bf16_overrides)
     if device.type == "cuda":
         loops["plain_bf16"] = plain_mnist("bf16-mixed")
-        loops["crnnfw_bf16_nchw"] = crnnfw(*bf16, "model.backbone.channels_last=false")
-        loops["crnnfw_bf16_cudnn_benchmark"] = crnnfw(*bf16, "trainer.cudnn_benchmark=true")
+        loops["crnnfw_bf16_nchw"] = crnnfw(*bf16_overrides, "model.backbone.channels_last=false")
+        loops["crnnfw_bf16_cudnn_benchmark"] = crnnfw(*bf16_overrides, "trainer.cudnn_benchmark=true")
     if compile_too:
-        loops["crnnfw_compile"] = crnnfw(*fp32, "trainer.compile=default")
-        loops["crnnfw_bf16_compile"] = crnnfw(*bf16, "trainer.compile=default")
+        loops["crnnfw_compile"] = crnnfw(*fp32, "data.augment.enabled=false", "trainer.compile=default")
+        if bf16:
+            loops["crnnfw_bf16_compile"] = crnnfw(*bf16_overrides, "trainer.compile=default")
     return loops
 
 
@@ -199,32 +208,44 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="0: the recipe's own (128 for mnist_crnn, 64 for multidigit_ctc)")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="also time trainer.compile=default (mnist_crnn, fp32 and bf16; compiled in the warm-up pass)")
+    parser.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto",
+                        help="time bf16-mixed too (auto: where the device has native bf16; emulated bf16 is ~7x slower than fp32)")
     args = parser.parse_args()
     device = select_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    report = {"device": where, "steps": args.steps, "models": {}}
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and hardware(device).native_bf16)
+    print(report.header())
+    if not bf16:
+        print("bf16-mixed not timed: this device has no native bf16 (--bf16 yes times it anyway)")
+    results_out = {"device": where, "steps": args.steps, "models": {}}
     for model in MODELS if args.model == "all" else [args.model]:
         batch_size = args.batch_size or MODELS[model][1]
         count = args.steps * batch_size
-        loops = contenders(model, count, batch_size, device, args.compile)
+        loops = contenders(model, count, batch_size, device, args.compile, bf16)
         results: dict[str, list[float]] = {name: [] for name in loops}
         for _ in range(args.repeats):
             for name, loop in loops.items():
                 results[name].append(loop())
         medians = {k: statistics.median(v) for k, v in results.items()}
         ratio = medians["crnnfw"] / medians["plain"]
-        bf16_speedup = medians["crnnfw_bf16"] / medians["crnnfw"]
+        bf16_speedup = medians["crnnfw_bf16"] / medians["crnnfw"] if bf16 else None
+        # A step's time is 1 / rate: the augmentation's share of an augmented step.
+        augment_share = 1 - medians["crnnfw_augmented"] / medians["crnnfw"] if "crnnfw_augmented" in medians else None
         unit = "strings/s" if model == "multidigit_ctc" else "img/s"
         print(f"{model} training, batch {batch_size}, {args.steps} steps x {args.repeats} repeats, {where}")
         print(f"{'loop':<30}{'median ' + unit:>18}   runs")
         for name, values in results.items():
             print(f"{name:<30}{medians[name]:>18.0f}   {' '.join(f'{v:.0f}' for v in values)}")
-        print(f"ratio crnnfw / plain: {ratio:.3f}   bf16-mixed / fp32 (crnnfw): {bf16_speedup:.2f}x")
+        print(f"ratio crnnfw / plain: {ratio:.3f}" + (f"   bf16-mixed / fp32 (crnnfw): {bf16_speedup:.2f}x" if bf16 else ""))
+        if augment_share is not None:
+            print(f"ratio crnnfw augmented / plain: {medians['crnnfw_augmented'] / medians['plain']:.3f}   "
+                  f"augmentation's share of a step: {augment_share:.1%}")
         if "crnnfw_compile" in medians:
             print(f"ratio crnnfw compiled / plain: {medians['crnnfw_compile'] / medians['plain']:.3f}")
         print()
-        report["models"][model] = {"batch_size": batch_size, "medians": medians, "runs": results, "ratio": ratio, "bf16_speedup": bf16_speedup}
-    print(json.dumps(report))
+        results_out["models"][model] = {"batch_size": batch_size, "medians": medians, "runs": results, "ratio": ratio,
+                                        "bf16_speedup": bf16_speedup, "augment_share": augment_share}
+    report.save("train_throughput", results_out)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from crnnfw.hardware import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "zoo"
@@ -90,17 +90,6 @@ def header_comment(path: Path) -> str:
             break
         lines.append(line[1:].removeprefix(" "))
     return "\n".join(lines).strip()
-
-
-def cpu_name() -> str:
-    """The CPU model, so the page says what the times were measured on."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train(entry: Entry, runs_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -190,7 +179,7 @@ def measured(session: dict[str, Any], results: list[dict[str, Any]]) -> str:
     names = ", ".join(r["config"] for r in results)
     return (
         f"Measured with `{session['command']}` ({names}), one model after another, on {m['cpu']} "
-        f"({m['cores']} cores, {threads(results)}), torch {m['torch']}, {m['date']}; the run took "
+        f"({m.get('cpu_capability', 'capability not recorded')}, {m['cores']} cores, {threads(results)}), torch {m['torch']}, {m['date']}; the run took "
         f"{minutes(m['wall_seconds'])}. Load average {m['load_before']:.1f} before and {m['load_after']:.1f} "
         f"after: above {m['cores']}, other work shared the CPU and the times are upper bounds."
     )
@@ -292,9 +281,8 @@ def main() -> int:
             print(f"  {percent(result['accuracy'])} ({outcome} {percent(entry.bar)}), {result['parameters']:,} parameters, "
                   f"{minutes(result['train_seconds'])} training, {result['images_per_s']:,.0f} images/s", flush=True)
         session["machine"] = {
-            "cpu": cpu_name(),
+            **machine(),
             "cores": os.cpu_count(),
-            "torch": metadata.version("torch"),
             "date": time.strftime("%Y-%m-%d"),
             "load_before": load_before,
             "load_after": os.getloadavg()[0],

@@ -86,6 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import pictures
     from .data import build_data
     from .evaluation import evaluate
+    from .hardware import hardware
+    from .precision import choose
     from .trainer import select_device
 
     trained = load_trained(args.checkpoint, args.overrides)
@@ -101,7 +103,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"on {trained.spec.channels} x {trained.spec.height}; set the data options (e.g. data.height) to match"
         )
     split = getattr(data, args.split)
-    result = evaluate(trained.model, split, cfg.trainer.eval_batch_size, device, cfg.trainer.precision, keep=48)
+    precision = choose(cfg.trainer.precision, hardware(device)).precision
+    result = evaluate(trained.model, split, cfg.trainer.eval_batch_size, device, precision, keep=48)
     report = result.metrics.report()
     confusion = result.metrics.confusion()
     folder = Path(args.out) if args.out else (trained.run_dir or trained.path.parent) / f"eval-{args.split}"

@@ -60,7 +60,7 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     max_steps: int = 0  # stop after this many optimizer steps in all (0: no limit)
     grad_clip: float = 0.0  # max gradient norm (0: off)
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (GPU)
+    precision: str = "auto"  # auto (bf16-mixed where bf16 is native, else 16-mixed on a GPU, 32-true on a CPU) | 32-true | bf16-mixed | 16-mixed (GPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # torch CPU threads (0: all cores)
     log_every: int = 100  # plain progress line every N steps when stdout is not a terminal

@@ -24,7 +24,8 @@ from .evaluation import evaluate
 from .finetune import init_from
 from .model import build_model
 from .plugins import get_host
-from .precision import autocast
+from .hardware import cpu_capability, hardware
+from .precision import autocast, choose
 from .progress import Reporter
 from .rundir import create_run_dir
 from .version import __version__
@@ -145,7 +146,8 @@ class Trainer:
         generator = seed_everything(cfg.seed)
         device = select_device(device_name)
         if t.precision == "16-mixed" and device.type != "cuda":
-            raise ConfigError("trainer.precision: 16-mixed needs a CUDA GPU; use bf16-mixed or 32-true on the CPU")
+            raise ConfigError("trainer.precision: 16-mixed needs a CUDA GPU; use auto or 32-true on the CPU")
+        choice = choose(t.precision, hardware(device))
         registry = get_host().registry
         data = build_data(cfg, registry)
         model = build_model(cfg, data, registry)
@@ -167,7 +169,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, t.scheduler)
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "16-mixed")
+        scaler = torch.amp.GradScaler(device.type, enabled=choice.precision == "16-mixed")
         components = component_versions(cfg)
         monitor = model.head.metrics()
         spec = asdict(InputSpec.of(data))
@@ -196,12 +198,12 @@ class Trainer:
             out.open_log(run_dir / "train.log")
         workers = f" | {group.world} processes" if group.enabled else ""
         out.info(
-            f"crnnfw {__version__} | run {run_dir} | {device.type} {t.precision}{workers} | "
+            f"crnnfw {__version__} | run {run_dir} | {device.type} {choice}{workers} | "
             f"{count_parameters(model):,} parameters | train {len(data.train):,} test {len(data.test):,} | "
             f"{t.epochs} epochs x {steps_per_epoch} steps"
             + (f" | resumed after epoch {first_epoch - 1} (step {step})" if resumed else "")
         )
-        for line in notes:
+        for line in ([choice.warning] if choice.warning else []) + notes:
             out.info(line)
 
         started = time.perf_counter()
@@ -220,7 +222,7 @@ class Trainer:
             batches = data.train.batches(t.batch_size, shuffle=True, generator=generator)
             for i, batch in enumerate(group.shard(itertools.islice(batches, epoch_steps)), start=1):
                 batch = batch.to(device, non_blocking=True)
-                with autocast(device, t.precision):
+                with autocast(device, choice.precision):
                     logits, lengths = net(batch.images, batch.widths)
                 loss = model.head.loss(logits.float(), lengths, batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -252,7 +254,7 @@ class Trainer:
             train_loss, seen = group.mean(loss_sum, seen)
 
             # Evaluate on the test split (shared out across ranks), record, keep the best.
-            evaluation = evaluate(model, data.test, t.eval_batch_size, device, t.precision, keep=48, group=group)
+            evaluation = evaluate(model, data.test, t.eval_batch_size, device, choice.precision, keep=48, group=group)
             scores = evaluation.scores
             value = scores[monitor.main]
             improved = best["value"] is None or (value > best["value"] if monitor.higher_is_better else value < best["value"])
@@ -327,7 +329,9 @@ class Trainer:
             "train_images_per_s": sum(r["images_per_s"] * r["epoch_s"] for r in history) / max(train_seconds, 1e-9),
             "parameters": count_parameters(model),
             "device": str(device),
-            "precision": t.precision,
+            "precision": choice.precision,
+            "precision_requested": t.precision,
+            "cpu_capability": cpu_capability(),
             "processes": group.world,
             "components": components,
             "crnnfw_version": __version__,

@@ -17,10 +17,10 @@ import yaml
 
 from crnnfw import checkpoint
 
-from .conftest import MNIST_CONFIG, ROOT
+from .conftest import FP32, MNIST_CONFIG, ROOT
 
 CTC_CONFIG = ROOT / "configs" / "multidigit_ctc.yaml"
-QUICK = ["data.train_limit=256", "data.test_limit=128", "trainer.epochs=1"]
+QUICK = [FP32, "data.train_limit=256", "data.test_limit=128", "trainer.epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def _cases(run: str, files: str):
         ("zero batch", ["run", MNIST_CONFIG, "trainer.batch_size=0", out], "trainer.batch_size: must be > 0"),
         ("zero lr", ["run", MNIST_CONFIG, "trainer.optimizer.lr=0", out], "trainer.optimizer.lr"),
         ("negative clip", ["run", MNIST_CONFIG, "trainer.grad_clip=-1", out], "trainer.grad_clip: must be >= 0"),
-        ("bad precision", ["run", MNIST_CONFIG, "trainer.precision=fp8", out], "is not one of 32-true"),
+        ("bad precision", ["run", MNIST_CONFIG, "trainer.precision=fp8", out], "is not one of auto, 32-true"),
         ("bad optimizer", ["run", MNIST_CONFIG, "trainer.optimizer.name=adagrad", out], "trainer.optimizer.name"),
         ("bad scheduler", ["run", MNIST_CONFIG, "trainer.scheduler.name=poly", out], "trainer.scheduler.name"),
         ("bad device", ["run", MNIST_CONFIG, "trainer.device=tpu", out], "trainer.device"),

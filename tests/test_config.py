@@ -40,7 +40,7 @@ def test_resolved_config_fills_component_defaults_and_applies_overrides(cli):
         ("model.backbone.pools=[[2,x]]", "model.backbone.pools[0][1]"),
         ("model.backbone.name=cnnn", "unknown backbone 'cnnn'; did you mean 'cnn'? (available: cnn"),
         ("model.head.name=nothing", "unknown head 'nothing' (available: ctc, softmax)"),
-        ("trainer.precision=bf16", "trainer.precision: 'bf16' is not one of 32-true, bf16-mixed, 16-mixed; did you mean 'bf16-mixed'?"),
+        ("trainer.precision=bf16", "trainer.precision: 'bf16' is not one of auto, 32-true, bf16-mixed, 16-mixed; did you mean 'bf16-mixed'?"),
         ("trainer.compile=reduce", "trainer.compile: 'reduce' is not one of off, default, reduce-overhead, max-autotune; did you mean 'reduce-overhead'?"),
         ("trainer.epochs=0", "trainer.epochs: must be > 0, got 0"),
         ("trainer.optimizer.name=adamm", "'adamm' is not one of adam, adamw, sgd; did you mean 'adam'?"),

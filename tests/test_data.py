@@ -82,3 +82,12 @@ def test_batches_cover_the_split_once_and_augment_as_a_batch():
 def test_empty_split_is_refused():
     with pytest.raises(DataError, match="empty"):
         crnnfw.TensorSplit(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("size", [(28, 28), (32, 97), (1, 5)])
+def test_the_augmentation_grid_is_affine_grids(size):
+    from crnnfw.augment import sampling_grid
+
+    theta = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.affine_grid(theta, [6, 1, *size], align_corners=False)
+    assert torch.allclose(sampling_grid(theta, *size), expected, atol=1e-5)

@@ -17,7 +17,7 @@ from crnnfw.plugins import get_registry
 from crnnfw_plugins.ctc import beam_decode, greedy_decode
 from crnnfw_plugins.multidigit import _test_split
 
-from .conftest import ROOT
+from .conftest import FP32, ROOT
 
 CTC_CONFIG = ROOT / "configs" / "multidigit_ctc.yaml"
 SMALL = ["data.train_size=512", "data.test_size=200"]
@@ -157,7 +157,7 @@ def test_sequence_metrics():
 
 def test_short_ctc_training_run(tmp_path, cli):
     """Strings of 1-3 digits: 3 epochs of 6,000 strings (about 25 s here) read 97% of characters right."""
-    result = cli("run", CTC_CONFIG, "data.max_digits=3", "data.train_size=6000", "data.test_size=500",
+    result = cli("run", CTC_CONFIG, FP32, "data.max_digits=3", "data.train_size=6000", "data.test_size=500",
                  "trainer.epochs=3", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "ctc").iterdir()

@@ -10,7 +10,7 @@ import yaml
 
 from crnnfw import checkpoint
 
-from .conftest import MNIST_CONFIG, read_jsonl
+from .conftest import FP32, MNIST_CONFIG, read_jsonl
 
 
 def test_short_run_learns_mnist(short_run):
@@ -53,7 +53,7 @@ def test_checkpoints_are_plain_and_complete(short_run):
 
 
 def test_never_overwrites_a_run(tmp_path, cli):
-    args = ["run", MNIST_CONFIG, "data.train_limit=256", "data.test_limit=256", "trainer.epochs=1", f"output_dir={tmp_path}", "name=twice"]
+    args = ["run", MNIST_CONFIG, FP32, "data.train_limit=256", "data.test_limit=256", "trainer.epochs=1", f"output_dir={tmp_path}", "name=twice"]
     assert cli(*args).code == 0
     assert cli(*args).code == 0
     runs = sorted((tmp_path / "twice").iterdir())
@@ -62,7 +62,7 @@ def test_never_overwrites_a_run(tmp_path, cli):
 
 
 def test_plain_progress_lines_off_a_terminal(tmp_path, cli):
-    result = cli("run", MNIST_CONFIG, "data.train_limit=512", "data.test_limit=256", "trainer.epochs=1",
+    result = cli("run", MNIST_CONFIG, FP32, "data.train_limit=512", "data.test_limit=256", "trainer.epochs=1",
                  "trainer.batch_size=64", "trainer.log_every=4", f"output_dir={tmp_path}")
     assert result.code == 0
     lines = [l for l in result.out.splitlines() if l.startswith("epoch 1/1 step")]
@@ -100,7 +100,7 @@ def test_fast_recipe_reaches_99_percent(tmp_path):
     """configs/mnist_fast.yaml: 99% on the 10,000 MNIST test images after one epoch (about 15 s here)."""
     from crnnfw.cli import main
 
-    assert main(["run", str(MNIST_CONFIG.with_name("mnist_fast.yaml")), f"output_dir={tmp_path}"]) == 0
+    assert main(["run", str(MNIST_CONFIG.with_name("mnist_fast.yaml")), FP32, f"output_dir={tmp_path}"]) == 0
     (run_dir,) = (tmp_path / "mnist_fast").iterdir()
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert len(rows) == 1 and rows[0]["test_accuracy"] >= 0.99
@@ -109,7 +109,7 @@ def test_fast_recipe_reaches_99_percent(tmp_path):
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, cli):
     """trainer.compile=default trains the same model (to float rounding) and checkpoints keep plain names."""
     fast = MNIST_CONFIG.with_name("mnist_fast.yaml")
-    small = ["data.train_limit=8192", "data.test_limit=2000", "trainer.precision=32-true", f"output_dir={tmp_path}"]
+    small = [FP32, "data.train_limit=8192", "data.test_limit=2000", f"output_dir={tmp_path}"]
     rows = {}
     for mode, name in (("off", "eager"), ("default", "compiled")):
         result = cli("run", fast, *small, f"trainer.compile={mode}", f"name={name}")

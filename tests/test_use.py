@@ -11,7 +11,7 @@ from PIL import Image
 
 from crnnfw import checkpoint
 
-from .conftest import MNIST_CONFIG
+from .conftest import FP32, MNIST_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_eval_prints_and_saves_the_metrics(short_run, cli):
 
 def test_eval_of_a_sequence_model_breaks_down_by_length(tmp_path, cli):
     run = cli("run", "configs/multidigit_ctc.yaml", "data.train_size=512", "data.test_size=200", "trainer.epochs=1",
-              "trainer.batch_size=32", "trainer.precision=32-true", f"output_dir={tmp_path}", "name=ctc")
+              "trainer.batch_size=32", FP32, f"output_dir={tmp_path}", "name=ctc")
     assert run.code == 0, run.err
     (run_dir,) = (tmp_path / "ctc").iterdir()
     assert {"predictions.png", "curves.png"} <= {p.name for p in run_dir.iterdir()}
@@ -184,7 +184,7 @@ def test_torchscript_export(tmp_path, short_run, cli):
 
 
 def test_fine_tuning_loads_what_fits(tmp_path, short_run, cli):
-    same = cli("run", MNIST_CONFIG, "--init-from", short_run, "data.train_limit=512", "data.test_limit=1000",
+    same = cli("run", MNIST_CONFIG, "--init-from", short_run, FP32, "data.train_limit=512", "data.test_limit=1000",
                "trainer.epochs=1", "trainer.optimizer.lr=0.0002", f"output_dir={tmp_path}", "name=same")
     assert same.code == 0, same.err
     assert "loaded 18 of 18 tensors" in same.out and "re-initialised" not in same.out
@@ -196,7 +196,7 @@ def test_fine_tuning_loads_what_fits(tmp_path, short_run, cli):
 
 def test_fine_tuning_across_charsets_reinitialises_the_head(tmp_path, short_run, cli):
     """MNIST digits (softmax over 10 classes) to strings over an 11-character CTC charset."""
-    result = cli("run", MNIST_CONFIG, "--init-from", short_run, "data.name=multidigit", "data.height=28",
+    result = cli("run", MNIST_CONFIG, "--init-from", short_run, FP32, "data.name=multidigit", "data.height=28",
                  "data.train_size=256", "data.test_size=64", "model.head.name=ctc", "model.head.charset=0123456789-",
                  "trainer.epochs=1", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
     assert result.code == 0, result.err
@@ -216,7 +216,7 @@ def test_init_from_a_missing_checkpoint_fails_first(tmp_path, cli):
 def test_a_fixed_width_model_exports_at_its_own_width(tmp_path, cli):
     """The fast recipe's flatten encoder reads exactly 7 steps: export traces and verifies at 28 px only."""
     fast = MNIST_CONFIG.parent / "mnist_fast.yaml"
-    assert cli("run", fast, "data.train_limit=256", "data.test_limit=100", "trainer.epochs=1", f"output_dir={tmp_path}", "name=fast").code == 0
+    assert cli("run", fast, FP32, "data.train_limit=256", "data.test_limit=100", "trainer.epochs=1", f"output_dir={tmp_path}", "name=fast").code == 0
     (run_dir,) = (tmp_path / "fast").iterdir()
     for fmt in ("onnx", "torchscript"):
         result = cli("export", run_dir, "--format", fmt, "-o", tmp_path / f"fast.{fmt}", "--verify")

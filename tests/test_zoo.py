@@ -16,7 +16,7 @@ import torch
 from crnnfw_plugins.dense import FlattenConfig, FlattenEncoder
 from crnnfw_plugins.pixels import PixelsBackbone, PixelsConfig
 
-from .conftest import ROOT
+from .conftest import FP32, ROOT
 
 ZOO = ROOT / "configs" / "zoo"
 
@@ -60,7 +60,7 @@ def test_every_zoo_config_is_known_to_the_test_and_the_benchmark():
 
 @pytest.mark.parametrize("model", sorted(EXPECTED_PARAMETERS))
 def test_zoo_config_trains_a_few_steps(model, cli, tmp_path):
-    result = cli("run", ZOO / f"{model}.yaml", "data.train_limit=96", "trainer.batch_size=32", "data.test_limit=100",
+    result = cli("run", ZOO / f"{model}.yaml", FP32, "data.train_limit=96", "trainer.batch_size=32", "data.test_limit=100",
                  "trainer.eval_batch_size=100", "trainer.epochs=1", f"output_dir={tmp_path}")
     assert result.code == 0, result.err
     (summary_path,) = tmp_path.glob("*/*/summary.json")
