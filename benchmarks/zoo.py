@@ -117,7 +117,7 @@ def train(entry: Entry, runs_dir: Path, overrides: list[str]) -> dict[str, Any]:
         "threads": resolved["trainer"]["num_threads"],
         "parameters": summary["parameters"],
         "accuracy": summary["final"]["test_accuracy"],
-        "best_accuracy": summary["best"]["value"],
+        "best_accuracy": summary["best"]["test"]["accuracy"],
         "best_epoch": summary["best"]["epoch"],
         "bar": entry.bar,
         "passed": summary["final"]["test_accuracy"] > entry.bar,

@@ -15,7 +15,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 from .augment import AugmentConfig, RandomAffine  # noqa: E402  (after the OpenMP setting)
 from .batch import Batch
-from .data import BatchTransform, DataModule, Split, TensorSplit
+from .data import BatchTransform, DataModule, PackedSplit, Split, TensorSplit
 from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, ModelError, PluginError, TrainingError
 from .hookspecs import hookimpl
 from .metrics import SequenceScores, edit_distance
@@ -39,6 +39,7 @@ __all__ = [
     "SequenceScores",
     "Model",
     "ModelError",
+    "PackedSplit",
     "PluginError",
     "RandomAffine",
     "SequenceEncoder",

@@ -1,4 +1,4 @@
-"""The ``crnnfw`` command line: run, eval, predict, export, config, plugins, new-plugin."""
+"""The ``crnnfw`` command line: run, eval, predict, export, config, data, plugins, new-plugin."""
 
 from __future__ import annotations
 
@@ -246,6 +246,54 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.config == "convert":
+        return _convert(args)
+    from .datacheck import check_data
+
+    cfg = _resolved(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / cfg.name / "data-check"
+    result = check_data(cfg, get_host().registry, out)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        return 0 if result.ok else 1
+    console = _console()
+    if result.splits:
+        console.print(_rows_table("samples", [{"split": name, "samples": info["samples"],
+                                               **({"summarised from": info["summarised_from"]} if info["summarised_from"] != info["samples"] else {})}
+                                              for name, info in result.splits.items()]))
+        ranked = sorted(result.charset.items(), key=lambda item: -item[1])
+        console.print(f"charset: {len(result.charset)} characters: " + escape("".join(result.charset)), highlight=False)
+        console.print(_rows_table("train frequencies", [{"char": repr(c), "count": n} for c, n in ranked]))
+        for key, title in (("label_lengths", "label length"), ("widths", "image width (px)")):
+            rows = [{"split": name, title: span, "samples": count} for name, info in result.splits.items() for span, count in info.get(key, [])]
+            if rows:
+                console.print(_rows_table(title, rows))
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+    for problem in result.problems:
+        console.print(f"[red]{problem.split}: {escape(problem.kind)}[/red] {escape(problem.where)}: {escape(problem.detail)}", highlight=False)
+    for picture in result.pictures:
+        console.print(f"wrote {picture}", highlight=False)
+    console.print(f"{len(result.problems)} problems" if result.problems else "no problems", highlight=False)
+    return 0 if result.ok else 1
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """``crnnfw data convert SOURCE OUT_DIR``: any supported labelled source to a clovaai LMDB."""
+    from crnnfw_plugins import labels  # the built-in readers ship in this distribution
+
+    if len(args.overrides) != 2:
+        raise CrnnfwError("data convert: give SOURCE (label file, image folder or LMDB) and OUT_DIR, e.g. crnnfw data convert train.txt train.lmdb")
+    source, out = args.overrides
+    entries, problems = labels.read_source(labels.Source(source, format=args.format, root=args.root, delimiter=args.delimiter))
+    if problems:
+        raise CrnnfwError("\n".join(f"data convert: {p.where}: {p.kind}: {p.detail}" for p in problems))
+    count = labels.write_lmdb(((labels.read_image_bytes(e), e.text) for e in entries), Path(out))
+    print(f"wrote {out}: {count:,} samples (clovaai LMDB: num-samples, image-%09d, label-%09d)")
+    return 0
+
+
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     target = new_plugin(args.name, Path(args.dir))
     print(f"wrote {target}: pip install -e '{target}[test]' && pytest {target / 'tests'}")
@@ -264,10 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init-from", metavar="CKPT", help="fine-tune: start from the matching weights of a checkpoint or run directory")
     run.set_defaults(func=cmd_run)
 
-    evaluate = sub.add_parser("eval", help="metrics of a trained model on the test split (--split train, or another dataset by override)")
+    evaluate = sub.add_parser("eval", help="metrics of a trained model on the test split (--split val|train, or another dataset by override)")
     evaluate.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test_limit=1000")
-    evaluate.add_argument("--split", choices=("test", "train"), default="test")
+    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test")
     evaluate.add_argument("--out", metavar="DIR", help="where pictures and eval.json go (default: RUN_DIR/eval-SPLIT)")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_eval)
@@ -306,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     show_component.add_argument("--json", action="store_true", help="machine-readable output")
     show_component.set_defaults(func=cmd_plugins_show)
 
+    data = sub.add_parser("data", help="check a dataset before training: counts, charset, histograms, every problem and samples.png "
+                                       "(exit 1 on errors); `data convert SOURCE OUT_DIR` writes an LMDB")
+    data.add_argument("config", metavar="CONFIG|convert", help="YAML config; or `convert` followed by SOURCE OUT_DIR")
+    data.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (for convert: SOURCE OUT_DIR)")
+    data.add_argument("--out", metavar="DIR", help="where samples.png goes (default: OUTPUT_DIR/NAME/data-check)")
+    data.add_argument("--json", action="store_true", help="machine-readable output")
+    data.add_argument("--format", choices=("auto", "tsv", "folder", "csv", "json", "jsonl", "lmdb"), default="auto", help="convert: the source's format")
+    data.add_argument("--root", help="convert: the folder image paths are relative to (default: the label file's)")
+    data.add_argument("--delimiter", default="\t", help="convert: between path and label in a tsv file (default: a tab)")
+    data.set_defaults(func=cmd_data)
+
     scaffold = sub.add_parser("new-plugin", help="write a ready backbone plugin package")
     scaffold.add_argument("name", help="distribution name, e.g. my-backbone")
     scaffold.add_argument("--dir", default=".", help="parent folder (default: the current one)")
@@ -327,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CrnnfwError as exc:
-        print(f"crnnfw: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:  # one line per problem kind (DataProblems)
+            print(f"crnnfw: error: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("crnnfw: interrupted", file=sys.stderr)

@@ -59,6 +59,7 @@ class TrainerConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     max_steps: int = 0  # stop after this many optimizer steps in all (0: no limit)
+    val_fraction: float = 0.1  # share of train held out (seeded) as the val split, for datasets that have none
     grad_clip: float = 0.0  # max gradient norm (0: off)
     precision: str = "auto"  # auto (bf16-mixed where bf16 is native, else 16-mixed on a GPU, 32-true on a CPU) | 32-true | bf16-mixed | 16-mixed (GPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -230,6 +231,8 @@ def resolve(cfg: DictConfig, registry: Registry, source: str = "config") -> Dict
     _check_positive(t.optimizer.lr, "trainer.optimizer.lr", source)
     for key in ("max_steps", "grad_clip", "num_threads"):
         _check_positive(t[key], f"trainer.{key}", source, allow_zero=True)
+    if not 0 < t.val_fraction < 1:
+        raise ConfigError(f"{source}: trainer.val_fraction: must be between 0 and 1 (exclusive), got {t.val_fraction}")
     if t.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", t.device):
         raise ConfigError(f"{source}: trainer.device: '{t.device}' is not one of auto, cpu, cuda, cuda:N{suggest(t.device, ('auto', 'cpu', 'cuda'))}")
     return OmegaConf.create(out)

@@ -8,7 +8,7 @@ per-sample Python code), and any object with the same two methods may stand in i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -44,7 +44,12 @@ def on_device(split: Split, device: torch.device) -> Split:
 
 @dataclass
 class DataModule:
-    """A dataset: its splits, its vocabulary and the image geometry (height, width range) the model is built for."""
+    """A dataset: its splits, its vocabulary and the image geometry (height, width range) the model is built for.
+
+    ``val`` picks the best checkpoint and drives every early decision; ``test`` is only reported.
+    A dataset without its own ``val`` gets one held out of ``train`` by the engine
+    (``trainer.val_fraction``, seeded), when ``train`` can be subset (a :class:`TensorSplit`).
+    """
 
     train: Split
     test: Split
@@ -61,9 +66,21 @@ class DataModule:
     #: Share of the image height the ink fills (MNIST: 20/28, digits size-normalised in a
     #: 28-pixel frame); prediction frames users' images the same way. None: images fill the height.
     ink_height: float | None = None
+    #: The validation split; None: held out of ``train`` when the data is built.
+    val: Split | None = None
+    #: What becomes of an image wider than ``max_width`` at the model's height: ``keep`` it
+    #: (a model that reads any width), or ``squeeze`` it to ``max_width``.
+    too_wide: str = "keep"
+    #: What reading the data changed, counted (samples dropped, characters skipped ...): logged
+    #: with the run and kept in its summary, so nothing is left out silently.
+    notes: list[str] = field(default_factory=list)
+
+
+SPLITS = ("train", "val", "test")
 
 
 POLARITIES = ("light-on-dark", "dark-on-light")
+TOO_WIDE = ("keep", "squeeze")
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class InputSpec:
     max_width: int
     polarity: str
     ink_height: float | None
+    too_wide: str = "keep"  # ``squeeze``: images wider than max_width are narrowed to it
 
     @property
     def background(self) -> float:
@@ -84,7 +102,7 @@ class InputSpec:
 
     @classmethod
     def of(cls, data: DataModule) -> "InputSpec":
-        return cls(data.channels, data.height, data.min_width, data.max_width, data.polarity, data.ink_height)
+        return cls(data.channels, data.height, data.min_width, data.max_width, data.polarity, data.ink_height, data.too_wide)
 
 
 class TensorSplit:
@@ -119,6 +137,12 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, index: Tensor) -> "TensorSplit":
+        """The samples at ``index`` (a long tensor), with the same transform."""
+        lengths = self.target_lengths[index] if self.target_lengths is not None else None
+        return TensorSplit(self.images[index], self.targets[index], widths=self.widths[index],
+                           target_lengths=lengths, transform=self.transform)
+
     def to(self, device: torch.device | str) -> "TensorSplit":
         """The same split held on ``device`` (a GPU: batches are then cut and augmented there)."""
         lengths = self.target_lengths.to(device) if self.target_lengths is not None else None
@@ -145,8 +169,107 @@ class TensorSplit:
             yield replace(raw, images=images)
 
 
+class PackedSplit:
+    """Images of many widths held side by side in one uint8 tensor ``(C, H, total width)``,
+    with each sample's offset and width, and label sequences: in-memory data whose widths vary
+    widely (text lines) without padding every image to the widest.
+
+    Batches are cut with one gather, never a loop over samples. Shuffled batches group images
+    of similar width (sorted within random chunks of 16 batches, the groups in random order),
+    so little of a batch is padding; unshuffled ones run narrowest first. ``places`` (optional)
+    names each sample's origin, e.g. ``labels.txt:12``, for messages.
+    """
+
+    chunk_batches = 16
+
+    def __init__(self, pixels: Tensor, offsets: Tensor, widths: Tensor, targets: Tensor, target_lengths: Tensor, *,
+                 transform: BatchTransform | None = None, places: list[str] | None = None) -> None:
+        if pixels.dtype != torch.uint8 or pixels.dim() != 3:
+            raise DataError(f"PackedSplit expects uint8 pixels (C, H, total width), got {pixels.dtype} {tuple(pixels.shape)}")
+        if len(widths) == 0:
+            raise DataError("the dataset split is empty")
+        self.pixels, self.offsets, self.widths = pixels, offsets, widths
+        self.targets, self.target_lengths = targets, target_lengths
+        self.transform = transform
+        self.places = places
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+    def subset(self, index: Tensor) -> "PackedSplit":
+        """The samples at ``index`` (sharing the pixels)."""
+        places = [self.places[i] for i in index.tolist()] if self.places is not None else None
+        return PackedSplit(self.pixels, self.offsets[index], self.widths[index], self.targets[index],
+                           self.target_lengths[index], transform=self.transform, places=places)
+
+    def to(self, device: torch.device | str) -> "PackedSplit":
+        """The same split held on ``device``."""
+        return PackedSplit(self.pixels.to(device), self.offsets.to(device), self.widths.to(device), self.targets.to(device),
+                           self.target_lengths.to(device), transform=self.transform, places=self.places)
+
+    def batch(self, index: Tensor) -> Batch:
+        """The samples at ``index`` as a float batch right-padded with zeros (the background)."""
+        widths = self.widths[index]
+        width = int(widths.max())
+        steps = torch.arange(width, device=widths.device)
+        valid = steps < widths[:, None]  # (B, W)
+        columns = torch.where(valid, self.offsets[index, None] + steps, 0)
+        images = self.pixels[:, :, columns].permute(2, 0, 1, 3)  # (B, C, H, W)
+        images = images.float().mul_(valid[:, None, None].float().div_(255.0))
+        lengths = self.target_lengths[index]
+        return Batch(images, widths, self.targets[index, : int(lengths.max())], lengths)
+
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        if shuffle:
+            order = torch.randperm(len(self), generator=generator).to(self.widths.device)
+            chunk = batch_size * self.chunk_batches
+            groups = []
+            for start in range(0, len(order), chunk):
+                part = order[start : start + chunk]
+                groups += list(part[self.widths[part].argsort(stable=True)].split(batch_size))
+            ordered = [groups[g] for g in torch.randperm(len(groups), generator=generator).tolist()]
+        else:
+            ordered = list(self.widths.argsort(stable=True).split(batch_size))
+        for index in ordered:
+            batch = self.batch(index)
+            if self.transform is not None:
+                batch = replace(batch, images=self.transform(batch.images, generator))
+            yield batch
+
+
+#: The seed of the engine's held-out val split: fixed, so runs with different seeds (and a
+#: fine-tuning run after its parent) validate on the same samples and never train on them.
+VAL_SEED = 0
+
+
+def held_out(count: int, fraction: float, seed: int = VAL_SEED) -> Tensor:
+    """Boolean ``(count,)``: which samples a seeded ``fraction`` holds out for validation.
+
+    Drawn with torch's CPU generator from ``seed`` alone, so every machine holds out the same
+    samples; at least one sample is held out and one kept.
+    """
+    chosen = max(1, min(count - 1, round(count * fraction)))
+    mask = torch.zeros(count, dtype=torch.bool)
+    mask[torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:chosen]] = True
+    return mask
+
+
+def _with_val(data: DataModule, fraction: float, name: str) -> DataModule:
+    """``data`` itself when it has a val split; else with one held out of ``train``."""
+    if data.val is not None:
+        return data
+    subset = getattr(data.train, "subset", None)
+    if not callable(subset) or len(data.train) < 2:
+        raise DataError(
+            f"data: dataset '{name}' has no val split and its train split cannot be divided; "
+            "give the DataModule a val split (the best checkpoint is chosen on it, never on test)"
+        )
+    mask = held_out(len(data.train), fraction)
+    return replace(data, train=subset(mask.logical_not().nonzero().squeeze(1)), val=subset(mask.nonzero().squeeze(1)))
+
+
 def build_data(cfg: DictConfig, registry: Registry) -> DataModule:
-    """The dataset a resolved config names, checked to be usable."""
+    """The dataset a resolved config names, checked to be usable, with a val split."""
     component = registry.get("dataset", cfg.data.name, key="data.name")
     options = component_config(registry, cfg, "data")
     try:
@@ -165,7 +288,10 @@ def build_data(cfg: DictConfig, registry: Registry) -> DataModule:
         )
     if data.polarity not in POLARITIES:
         raise DataError(f"data: dataset '{cfg.data.name}' declares polarity '{data.polarity}'; use one of {', '.join(POLARITIES)}")
-    for split in ("train", "test"):
+    if data.too_wide not in TOO_WIDE:
+        raise DataError(f"data: dataset '{cfg.data.name}' declares too_wide '{data.too_wide}'; use one of {', '.join(TOO_WIDE)}")
+    data = _with_val(data, cfg.trainer.val_fraction, cfg.data.name)
+    for split in SPLITS:
         if len(getattr(data, split)) == 0:
             raise DataError(f"data: dataset '{cfg.data.name}' has an empty {split} split; check data.root and the limits")
     return data

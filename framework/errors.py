@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def first_line(exc: BaseException, default: str = "") -> str:
     """The first line of an exception's message, so every error we print stays on one line."""
@@ -47,3 +49,31 @@ class ExportError(CrnnfwError):
 
 class ImageError(CrnnfwError):
     """An image file cannot be read."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one sample or label file, with its place (``labels.txt:12``)."""
+
+    split: str
+    kind: str  # "missing image", "unknown character", ...
+    where: str
+    detail: str
+
+
+class DataProblems(DataError):
+    """The data has errors: the message has one line per kind of problem, with its count and
+    first places; ``problems`` holds every one (``crnnfw data CONFIG`` lists them all)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        by_kind: dict[str, list[Problem]] = {}
+        for problem in problems:
+            by_kind.setdefault(problem.kind, []).append(problem)
+        lines = []
+        for kind, found in by_kind.items():
+            splits = ", ".join(sorted({p.split for p in found}))
+            first = "; ".join(f"{p.where}: {p.detail}" for p in found[:3])
+            lines.append(f"data: {len(found)} x {kind} ({splits}), first {first}")
+        lines[-1] += " (`crnnfw data CONFIG` lists every problem; data.bad_samples=skip leaves such samples out)"
+        super().__init__("\n".join(lines))

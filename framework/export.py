@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .data import InputSpec
 from .errors import ExportError, first_line
+from .images import describe as describe_preprocessing
 from .stages import unpadded as unpadded_batches
 from .trained import Trained
 from .version import __version__
@@ -153,6 +154,8 @@ def metadata(trained: Trained, unpadded: bool = False) -> dict[str, str]:
         "max_width": str(spec.max_width),
         "polarity": spec.polarity,
         **({"ink_height": f"{spec.ink_height:.6g}"} if spec.ink_height else {}),
+        "too_wide": spec.too_wide,
+        "preprocessing": describe_preprocessing(spec),
         "classes": json.dumps(list(trained.classes)),
         **trained.model.head.export_metadata(),
     }

@@ -1,8 +1,11 @@
-"""Users' image files as model input: any size, colour, bit depth, alpha and polarity.
+"""Users' image files as model input: any size, colour, bit depth, alpha, orientation and polarity.
 
-Each image becomes a float ``(C, height, W)`` tensor in [0, 1] with the polarity the model was
-trained on: grey or colour as the model expects, alpha composited onto a background that
-keeps the ink visible, 16-bit scaled, resized to the model's height keeping the aspect ratio.
+One preprocessing serves training on image files, ``predict`` and the ONNX metadata's
+description, so training and inference cannot drift apart. Each image becomes a float
+``(C, height, W)`` tensor in [0, 1] with the polarity the model was trained on: EXIF
+orientation applied, grey or colour as the model expects, alpha composited onto a background
+that keeps the ink visible, 16-bit scaled, resized to the model's height keeping the aspect
+ratio (at least ``min_width`` wide, and squeezed to ``max_width`` when the spec says so).
 """
 
 from __future__ import annotations
@@ -10,15 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import io
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data import POLARITIES, InputSpec
 from .errors import ImageError, first_line
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def find_images(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
@@ -73,24 +79,41 @@ def _border_level(image: torch.Tensor) -> float:
     return float(edges.mean(0).median())
 
 
-def read_image(path: str | Path, spec: InputSpec, polarity: str = "auto") -> torch.Tensor:
-    """One file as model input ``(spec.channels, spec.height, W)``; ImageError names a bad file.
+def load_pixels(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """A file (or its bytes) decoded to float ``(H, W, C)`` in [0, 1], upright as its EXIF
+    orientation says; ImageError names ``name`` (default: the path) and what is wrong."""
+    name = name or str(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is one file's error
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                image.load()
+                array = _pixels(ImageOps.exif_transpose(image))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name}: refused, too many pixels ({first_line(exc)})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{name}: cannot read it as an image ({first_line(exc)})") from None
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageError(f"{name}: the image is empty")
+    return array
 
-    ``polarity`` says how the file is drawn (``auto``: bright borders mean dark ink on a light
+
+def read_image(path: str | Path, spec: InputSpec, polarity: str = "auto") -> torch.Tensor:
+    """One file as model input ``(spec.channels, spec.height, W)``; ImageError names a bad file."""
+    return prepare(load_pixels(path), spec, polarity)
+
+
+def prepare(array: np.ndarray, spec: InputSpec, polarity: str = "auto") -> torch.Tensor:
+    """Decoded pixels (:func:`load_pixels`) as model input ``(spec.channels, spec.height, W)``.
+
+    ``polarity`` says how the image is drawn (``auto``: bright borders mean dark ink on a light
     background); the result always has the model's polarity. A model trained on one fixed
     width (MNIST) gets the image fitted inside that box and centred; others get it at the
-    model's height, at least ``spec.min_width`` wide.
+    model's height, at least ``spec.min_width`` wide (and at most ``spec.max_width`` when
+    ``spec.too_wide`` is ``squeeze``).
     """
     if polarity not in ("auto", *POLARITIES):
         raise ImageError(f"polarity '{polarity}' is not one of auto, {', '.join(POLARITIES)}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            array = _pixels(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{path}: cannot read it as an image ({first_line(exc)})") from None
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise ImageError(f"{path}: the image is empty")
     array = _flatten_alpha(array)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()
     if spec.channels == 1 and tensor.shape[0] == 3:
@@ -126,6 +149,8 @@ def _fit(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     fixed = spec.min_width == spec.max_width
     scale = min(box / h, (spec.max_width * box / spec.height) / w) if fixed else box / h
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if not fixed and spec.too_wide == "squeeze" and size[1] > spec.max_width:
+        size = (size[0], spec.max_width)
     resized = F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
     margin = (spec.height - size[0]) // 2 if spec.ink_height else 0
     width = spec.max_width if fixed else max(size[1] + 2 * margin, spec.min_width)
@@ -134,3 +159,23 @@ def _fit(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     left = (width - size[1]) // 2 if fixed else margin
     canvas[:, top : top + size[0], left : left + size[1]] = resized
     return canvas
+
+
+def scaled_width(height: int, width: int, spec: InputSpec) -> int:
+    """How wide an image of ``height`` x ``width`` pixels comes out at the model's height,
+    before any squeeze (a dataset's ``too_wide: drop | error`` decides with it)."""
+    return max(1, round(width * spec.height * (spec.ink_height or 1.0) / height))
+
+
+def describe(spec: InputSpec) -> str:
+    """The preprocessing in words, for exported models' metadata."""
+    fixed = spec.min_width == spec.max_width
+    fit = (f"cropped to its ink, scaled so the ink is {spec.ink_height:.3g} of the height, centred" if spec.ink_height
+           else "scaled to the height keeping the aspect ratio")
+    width = (f"fitted inside {spec.max_width} px and centred" if fixed else
+             f"at least {spec.min_width} px wide (padded on the right)"
+             + (f", squeezed to {spec.max_width} px when wider" if spec.too_wide == "squeeze" else ""))
+    return (f"EXIF orientation applied; {'grey (0.299 R + 0.587 G + 0.114 B)' if spec.channels == 1 else 'RGB'}; "
+            f"alpha composited onto the side the ink is not; scaled to [0, 1]; turned {spec.polarity} "
+            f"(a file whose border is brighter than 0.5 counts as dark-on-light); {fit} to {spec.height} px high, "
+            f"bilinear with antialiasing; {width}; background {spec.background:g}")

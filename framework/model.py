@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from .config import component_config
-from .data import DataModule
+from .data import SPLITS, DataModule
 from .errors import ModelError, first_line
 from .registry import Registry
 from .stages import Backbone, Head, SequenceEncoder
@@ -135,6 +135,8 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
                     f"{(seq.shape[0], seq.shape[1], model.encoder.out_features)}"
                 )
             _check_label_lengths(model, data, stage)
+            for split in SPLITS:
+                _check_label_fit(model, getattr(data, split), split, stage)
             try:
                 logits = model.head(encoded, lengths)
                 model.head.decode(logits, lengths)
@@ -170,3 +172,31 @@ def _check_label_lengths(model: Model, data: DataModule, stage) -> None:
             f"{stage('backbone')} turns into {steps} steps; {stage('head')} needs at least {need}{also}. "
             "Pool less along the width (model.backbone.pools) or use wider images"
         )
+
+
+def _check_label_fit(model: Model, split: Any, name: str, stage) -> None:
+    """Every in-memory sample's label must fit the steps its own image width gives (CTC needs a
+    blank between repeated characters): a label the model cannot emit would train as an
+    infinite or zeroed loss. Splits that compose samples on the fly are covered by
+    :func:`_check_label_lengths`."""
+    lengths = getattr(split, "target_lengths", None)
+    widths, targets = getattr(split, "widths", None), getattr(split, "targets", None)
+    if not isinstance(lengths, torch.Tensor) or not isinstance(widths, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        return
+    widths, targets, lengths = widths.cpu(), targets.cpu(), lengths.cpu()
+    steps = model.backbone.out_lengths(widths)
+    need = model.head.steps_needed(targets, lengths)
+    failing = (steps < need).nonzero().squeeze(1).tolist()
+    if not failing:
+        return
+    places = getattr(split, "places", None)
+    shown = ", ".join(
+        f"{places[i] if places else f'sample {i}'} ({int(lengths[i])} characters, {int(widths[i])} px -> {int(steps[i])} steps, needs {int(need[i])})"
+        for i in failing[:3]
+    )
+    raise ModelError(
+        f"{len(failing)} {name} labels are too long for their image width: {stage('backbone')} gives fewer steps than "
+        f"{stage('head')} needs, first at {shown}. Pool less along the width (model.backbone.pools), use wider images "
+        "or shorter labels"
+    )
+

@@ -30,8 +30,12 @@ def _to_pil(image: torch.Tensor, height: int) -> Image.Image:
     return picture.resize((width, height), Image.Resampling.NEAREST)
 
 
-def predictions_png(examples: Sequence[Example], path: Path, *, split: str = "test", columns: int | None = None, cell_height: int = 56) -> Path:
-    """A grid of images, each captioned 'prediction (truth)'; mistakes framed and captioned in red."""
+def predictions_png(examples: Sequence[Example], path: Path, *, split: str = "test", columns: int | None = None, cell_height: int = 56,
+                    title: str | None = None) -> Path:
+    """A grid of images, each captioned 'prediction (truth)'; mistakes framed and captioned in red.
+
+    With ``title`` the examples are labelled samples rather than predictions: captioned with
+    their text alone, under that title."""
     pictures = [_to_pil(e.image, cell_height) for e in examples]
     font = _font(13)
     cell_width = max([p.width for p in pictures] + [96]) + 8
@@ -41,7 +45,8 @@ def predictions_png(examples: Sequence[Example], path: Path, *, split: str = "te
     canvas = Image.new("RGB", (columns * cell_width, rows * (cell_height + caption + 8) + 28), WHITE)
     draw = ImageDraw.Draw(canvas)
     mistakes = sum(not e.correct for e in examples)
-    draw.text((6, 6), f"{split} predictions: {len(examples) - mistakes} right, {mistakes} wrong (wrong first, red)", fill=BLACK, font=font)
+    heading = title or f"{split} predictions: {len(examples) - mistakes} right, {mistakes} wrong (wrong first, red)"
+    draw.text((6, 6), heading, fill=BLACK, font=font)
     for index, (example, picture) in enumerate(zip(examples, pictures)):
         x = (index % columns) * cell_width + 4
         y = (index // columns) * (cell_height + caption + 8) + 28
@@ -49,7 +54,7 @@ def predictions_png(examples: Sequence[Example], path: Path, *, split: str = "te
         canvas.paste(picture, (x, y))
         draw.rectangle((x - 2, y - 2, x + picture.width + 1, y + picture.height + 1), outline=colour, width=2)
         shown = example.text if len(example.text) <= 14 else example.text[:12] + "..."
-        draw.text((x, y + cell_height + 3), f"{shown} {example.confidence:.2f}", fill=colour, font=font)
+        draw.text((x, y + cell_height + 3), shown if title else f"{shown} {example.confidence:.2f}", fill=colour, font=font)
         if not example.correct:
             draw.text((x, y + cell_height + 18), f"truth {example.truth}", fill=GREY, font=font)
     canvas.save(path)
@@ -95,15 +100,17 @@ def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str
 
 
 def curves_png(history: Sequence[dict[str, Any]], main: str, path: Path) -> Path:
-    """Loss and the main metric per epoch, train and test, side by side."""
+    """Loss and the main metric per epoch, train, val and test, side by side."""
     canvas = Image.new("RGB", (1000, 400), WHITE)
     draw = ImageDraw.Draw(canvas)
 
     def column(key: str) -> list[float]:
         return [float(row.get(key, math.nan)) for row in history]
 
-    _panel(draw, (50, 50, 430, 350), "loss", {"train": (column("train_loss"), BLUE), "test": (column("test_loss"), ORANGE)})
-    _panel(draw, (550, 50, 930, 350), main, {"train (sampled batches)": (column(f"train_{main}"), BLUE), "test": (column(f"test_{main}"), ORANGE)})
+    _panel(draw, (50, 50, 430, 350), "loss", {"train": (column("train_loss"), BLUE), "val": (column("val_loss"), GREEN),
+                                              "test": (column("test_loss"), ORANGE)})
+    _panel(draw, (550, 50, 930, 350), main, {"train (sampled batches)": (column(f"train_{main}"), BLUE),
+                                             "val": (column(f"val_{main}"), GREEN), "test": (column(f"test_{main}"), ORANGE)})
     draw.text((450, 375), "epoch", fill=GREY, font=_font(13))
     canvas.save(path)
     return path

@@ -182,8 +182,19 @@ class Head(nn.Module, ABC):
         return {"decoder": "argmax", "classes": json.dumps(list(self.classes))}
 
     def min_steps(self, label_length: int) -> int:
-        """The fewest sequence steps this head needs for a label of ``label_length`` symbols.
+        """The most sequence steps a label of ``label_length`` symbols can need from this head.
 
-        The engine checks it against the narrowest images the data holds before training.
+        The engine checks it against the narrowest images of data it cannot see sample by
+        sample (strings composed afresh each epoch), before training.
         """
         return 1
+
+    def steps_needed(self, targets: Tensor, lengths: Tensor) -> Tensor:
+        """The fewest sequence steps each label needs: ``(N,)`` for padded ``targets`` ``(N, L)``
+        with ``lengths``. The engine checks every in-memory sample with it before training.
+
+        The default is :meth:`min_steps` of each label's length; a head whose need depends on
+        the label itself (CTC: a blank between repeated characters) overrides it.
+        """
+        table = {n: self.min_steps(n) for n in lengths.unique().tolist()}
+        return torch.tensor([table[n] for n in lengths.tolist()], dtype=torch.long)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from . import checkpoint, distributed, pictures
 from .config import as_container, to_yaml
-from .data import InputSpec, build_data, on_device
+from .data import SPLITS, InputSpec, build_data, on_device
 from .errors import ConfigError, TrainingError
 from .evaluation import evaluate
 from .finetune import init_from
@@ -159,7 +159,7 @@ class Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
             if t.data_on_device:  # cut and augment batches where the model runs: no copy per batch
-                data = replace(data, train=on_device(data.train, device), test=on_device(data.test, device))
+                data = replace(data, **{split: on_device(getattr(data, split), device) for split in SPLITS})
         net = torch.nn.parallel.DistributedDataParallel(model) if group.enabled else model
         if t.compile != "off":  # the checkpoint keeps saving ``model``: its names stay those of the plain modules
             net = torch.compile(net, mode=t.compile)
@@ -173,7 +173,7 @@ class Trainer:
         components = component_versions(cfg)
         monitor = model.head.metrics()
         spec = asdict(InputSpec.of(data))
-        best = {"metric": monitor.main, "value": None, "epoch": None}
+        best = {"metric": monitor.main, "split": "val", "value": None, "epoch": None, "test": None}
         first_epoch, step, train_seconds = 1, 0, 0.0
 
         # The run directory: resolved config, log, metrics, checkpoints, summary (rank 0 writes).
@@ -199,11 +199,11 @@ class Trainer:
         workers = f" | {group.world} processes" if group.enabled else ""
         out.info(
             f"crnnfw {__version__} | run {run_dir} | {device.type} {choice}{workers} | "
-            f"{count_parameters(model):,} parameters | train {len(data.train):,} test {len(data.test):,} | "
+            f"{count_parameters(model):,} parameters | train {len(data.train):,} val {len(data.val):,} test {len(data.test):,} | "
             f"{t.epochs} epochs x {steps_per_epoch} steps"
             + (f" | resumed after epoch {first_epoch - 1} (step {step})" if resumed else "")
         )
-        for line in ([choice.warning] if choice.warning else []) + notes:
+        for line in ([choice.warning] if choice.warning else []) + [f"data: {note}" for note in data.notes] + notes:
             out.info(line)
 
         started = time.perf_counter()
@@ -253,19 +253,21 @@ class Trainer:
             train_seconds += epoch_seconds
             train_loss, seen = group.mean(loss_sum, seen)
 
-            # Evaluate on the test split (shared out across ranks), record, keep the best.
+            # Evaluate (each split shared out across ranks): val decides what is best, test is
+            # only reported, so no choice is ever made on it.
+            scores = evaluate(model, data.val, t.eval_batch_size, device, choice.precision, group=group).scores
             evaluation = evaluate(model, data.test, t.eval_batch_size, device, choice.precision, keep=48, group=group)
-            scores = evaluation.scores
             value = scores[monitor.main]
             improved = best["value"] is None or (value > best["value"] if monitor.higher_is_better else value < best["value"])
             if improved:
-                best.update(value=value, epoch=epoch)
+                best.update(value=value, epoch=epoch, test=evaluation.scores)
             row = {
                 "epoch": epoch,
                 "step": step,
                 "train_loss": train_loss,
                 f"train_{monitor.main}": train_metrics.compute()[monitor.main],
-                **{f"test_{k}": v for k, v in scores.items()},
+                **{f"val_{k}": v for k, v in scores.items()},
+                **{f"test_{k}": v for k, v in evaluation.scores.items()},
                 "lr": scheduler.get_last_lr()[0],
                 "images_per_s": seen / epoch_seconds,
                 "epoch_s": epoch_seconds,
@@ -276,9 +278,10 @@ class Trainer:
             out.epoch_row({
                 "epoch": epoch,
                 "train_loss": row["train_loss"],
-                "test_loss": scores["loss"],
-                **{f"test_{k}": scores[k] for k in shown if k != "loss"},
-                f"best_{monitor.main}": best["value"],
+                "val_loss": scores["loss"],
+                **{f"val_{k}": scores[k] for k in shown if k != "loss"},
+                f"test_{monitor.main}": evaluation.scores[monitor.main],
+                f"best_val_{monitor.main}": best["value"],
                 "img/s": round(row["images_per_s"]),
                 "time_s": f"{epoch_seconds:.1f}",
             })
@@ -301,7 +304,7 @@ class Trainer:
                     "step": step,
                     "best": dict(best),
                     "train_seconds": train_seconds,
-                    "metrics": scores,
+                    "metrics": {"val": scores, "test": evaluation.scores},
                     "config": as_container(cfg),
                     "classes": list(data.classes),
                     "input": spec,
@@ -333,16 +336,17 @@ class Trainer:
             "precision_requested": t.precision,
             "cpu_capability": cpu_capability(),
             "processes": group.world,
+            "data_notes": data.notes,
             "components": components,
             "crnnfw_version": __version__,
         }
         if group.main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             pictures.draw_run(run_dir, history, evaluation, monitor.main, data.classes)
-        final_value = history[-1][f"test_{monitor.main}"]
+        final, main = history[-1], monitor.main
         out.info(
-            f"best test {monitor.main} {best['value']:.4f} (epoch {best['epoch']}), final {final_value:.4f}; "
-            f"run directory: {run_dir}"
+            f"best val {main} {best['value']:.4f} (epoch {best['epoch']}, test {best['test'][main]:.4f}), "
+            f"final val {final[f'val_{main}']:.4f}, test {final[f'test_{main}']:.4f}; run directory: {run_dir}"
         )
         return FitResult(run_dir, summary)
 

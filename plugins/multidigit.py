@@ -1,7 +1,9 @@
 """The ``multidigit`` dataset: strings of MNIST digits in images whose width follows the content.
 
-Training strings are composed afresh every epoch from MNIST training digits; the test split is
-composed once from MNIST test digits with a fixed seed, so it is the same on every machine.
+Training strings are composed afresh every epoch from the first 55,000 MNIST training digits;
+the val split is composed once from the other 5,000 (the usual MNIST cut, so no digit image is
+both trained and validated on) and the test split from the MNIST test digits, each with a
+fixed seed, so both are the same on every machine.
 Composition is batched: one ``grid_sample`` per digit slot places that slot's digit, with its
 own scale, spacing and vertical jitter, in every image of the batch at once.
 """
@@ -31,7 +33,9 @@ class MultiDigitConfig:
     max_digits: int = 8
     height: int = 32  # image height in px; width follows the content
     train_size: int = 60000  # strings composed afresh every epoch
+    val_size: int = 2000  # strings composed once from the held-out training digits
     test_size: int = 10000
+    val_seed: int = 4321  # fixes the val split
     test_seed: int = 1234  # fixes the test split
     gap_min: int = -3  # px between neighbouring digits' ink; negative values overlap them
     gap_max: int = 12
@@ -51,7 +55,7 @@ class MultiDigitConfig:
             (self.gap_max < self.gap_min, "gap_max must be >= gap_min"),
             (self.cell_min < 1, "cell_min must be >= 1"),
             (not 0 < self.scale_min <= self.scale_max, "need 0 < scale_min <= scale_max"),
-            (self.train_size < 1 or self.test_size < 1, "train_size and test_size must be >= 1"),
+            (min(self.train_size, self.val_size, self.test_size) < 1, "train_size, val_size and test_size must be >= 1"),
             (self.jitter < 0 or self.margin < 0, "jitter and margin must be >= 0"),
         ]
         for failed, message in problems:
@@ -171,13 +175,27 @@ class ComposedSplit:
                 yield crnnfw.Batch(images, widths, pool.targets[index], pool.target_lengths[index])
 
 
-@functools.lru_cache(maxsize=4)
-def _test_split(root: Optional[str], frozen: tuple) -> crnnfw.TensorSplit:
-    cfg = MultiDigitConfig(**dict(frozen))
+#: The last this many MNIST training digits compose the val split, never a training string.
+VAL_DIGITS = 5000
+
+
+def _digits(root: Optional[str], split: str) -> DigitBank:
+    """The digits each split composes from: train and val divide MNIST's training set."""
     arrays = load_mnist(root)
-    bank = DigitBank.from_arrays(arrays["test_images"], arrays["test_labels"])
-    generator = torch.Generator().manual_seed(cfg.test_seed)
-    parts = [compose(bank, min(1000, cfg.test_size - start), cfg, generator) for start in range(0, cfg.test_size, 1000)]
+    if split == "test":
+        return DigitBank.from_arrays(arrays["test_images"], arrays["test_labels"])
+    part = slice(-VAL_DIGITS, None) if split == "val" else slice(0, -VAL_DIGITS)
+    return DigitBank.from_arrays(arrays["train_images"][part], arrays["train_labels"][part])
+
+
+@functools.lru_cache(maxsize=8)
+def _fixed_split(root: Optional[str], frozen: tuple, split: str) -> crnnfw.TensorSplit:
+    """The val or test split: composed once, from its own digits and seed."""
+    cfg = MultiDigitConfig(**dict(frozen))
+    bank = _digits(root, split)
+    size, seed = (cfg.val_size, cfg.val_seed) if split == "val" else (cfg.test_size, cfg.test_seed)
+    generator = torch.Generator().manual_seed(seed)
+    parts = [compose(bank, min(1000, size - start), cfg, generator) for start in range(0, size, 1000)]
     width = max(p.images.shape[-1] for p in parts)
     images = torch.cat([F.pad(p.images, (0, width - p.images.shape[-1])) for p in parts])
     return crnnfw.TensorSplit(
@@ -190,16 +208,14 @@ def _test_split(root: Optional[str], frozen: tuple) -> crnnfw.TensorSplit:
 
 def multidigit_data(config: MultiDigitConfig) -> crnnfw.DataModule:
     """The ``multidigit`` dataset factory."""
-    arrays = load_mnist(config.root)
-    train_bank = DigitBank.from_arrays(arrays["train_images"], arrays["train_labels"])
     frozen = tuple(sorted((k, v) for k, v in asdict(config).items() if k not in ("root", "train_size", "augment")))
-    test = _test_split(config.root, frozen)
     limits = narrowest(config)
     cell_max = max(28 * config.scale_max, config.cell_min)
     widest = math.ceil(2 * config.margin + config.max_digits * cell_max + (config.max_digits - 1) * config.gap_max)
     return crnnfw.DataModule(
-        train=ComposedSplit(train_bank, config),
-        test=test,
+        train=ComposedSplit(_digits(config.root, "train"), config),
+        val=_fixed_split(config.root, frozen, "val"),
+        test=_fixed_split(config.root, frozen, "test"),
         classes=CLASSES,
         channels=1,
         height=config.height,

@@ -20,7 +20,7 @@ from crnnfw import checkpoint
 from .conftest import FP32, MNIST_CONFIG, ROOT
 
 CTC_CONFIG = ROOT / "configs" / "multidigit_ctc.yaml"
-QUICK = [FP32, "data.train_limit=256", "data.test_limit=128", "trainer.epochs=1"]
+QUICK = [FP32, "data.train_limit=256", "data.val_size=128", "data.test_limit=128", "trainer.epochs=1"]
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +108,10 @@ def _cases(run: str, files: str):
         ("missing data root", ["run", MNIST_CONFIG, f"data.root={files}/no_such_folder", out], "data.root"),
         ("data root without mnist", ["run", MNIST_CONFIG, f"data.root={files}/no_images", out], "lacks"),
         ("ctc head on class labels", ["run", MNIST_CONFIG, "model.head.name=ctc", *QUICK, out], "pair a classification head"),
-        ("softmax head on strings", ["run", CTC_CONFIG, "model.head.name=softmax", "data.train_size=64", "data.test_size=64", out], "pair a classification head"),
-        ("label outside charset", ["run", CTC_CONFIG, "model.head.charset=abc0123", "data.train_size=64", "data.test_size=64", out], "lacks"),
-        ("whitelist outside charset", ["run", CTC_CONFIG, "model.head.whitelist=xyz", "data.train_size=64", "data.test_size=64", out], "whitelist"),
-        ("label too long", ["run", CTC_CONFIG, "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]", "data.train_size=64", "data.test_size=64", out],
+        ("softmax head on strings", ["run", CTC_CONFIG, "model.head.name=softmax", "data.train_size=64", "data.val_size=64", "data.test_size=64", out], "pair a classification head"),
+        ("label outside charset", ["run", CTC_CONFIG, "model.head.charset=abc0123", "data.train_size=64", "data.val_size=64", "data.test_size=64", out], "lacks"),
+        ("whitelist outside charset", ["run", CTC_CONFIG, "model.head.whitelist=xyz", "data.train_size=64", "data.val_size=64", "data.test_size=64", out], "whitelist"),
+        ("label too long", ["run", CTC_CONFIG, "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]", "data.train_size=64", "data.val_size=64", "data.test_size=64", out],
          "Pool less along the width"),
         # Fine-tuning and resume.
         ("init from nothing", ["run", MNIST_CONFIG, "--init-from", f"{files}/nope.ckpt", out], "no such checkpoint"),
@@ -130,7 +130,7 @@ def _cases(run: str, files: str):
         ("no input spec", ["export", f"{files}/no_input.ckpt"], "not a crnnfw model checkpoint"),
         ("other model's weights", ["export", f"{files}/other_model.ckpt"], "weights do not fit"),
         ("model override on eval", ["eval", run, "model.encoder.hidden_size=32"], "weights do not fit"),
-        ("eval on other geometry", ["eval", run, "data.name=multidigit", "data.train_size=64", "data.test_size=64"], "the model was trained on 1 x 28"),
+        ("eval on other geometry", ["eval", run, "data.name=multidigit", "data.train_size=64", "data.val_size=64", "data.test_size=64"], "the model was trained on 1 x 28"),
         ("plugin not installed", ["eval", f"{files}/missing_plugin.ckpt"], "crnnfw-vgg 1.2.0"),
         ("folder without ckpt", ["eval", files], "without checkpoints/best.ckpt"),
         ("missing ckpt", ["export", f"{files}/nope.ckpt"], "no such checkpoint"),

@@ -15,12 +15,12 @@ from crnnfw.metrics import SequenceScores, edit_distance
 from crnnfw.model import build_model
 from crnnfw.plugins import get_registry
 from crnnfw_plugins.ctc import beam_decode, greedy_decode
-from crnnfw_plugins.multidigit import _test_split
+from crnnfw_plugins.multidigit import _fixed_split
 
 from .conftest import FP32, ROOT
 
 CTC_CONFIG = ROOT / "configs" / "multidigit_ctc.yaml"
-SMALL = ["data.train_size=512", "data.test_size=200"]
+SMALL = ["data.train_size=512", "data.val_size=200", "data.test_size=200"]
 
 
 def resolved(*overrides: str):
@@ -39,7 +39,7 @@ def test_composed_data_is_variable_width_and_fixed_by_seed():
     # blank past each image's width
     for i in range(20):
         assert int(test.images[i, ..., test.widths[i]:].sum()) == 0
-    _test_split.cache_clear()
+    _fixed_split.cache_clear()
     again = build_data(cfg, get_registry()).test
     assert torch.equal(again.images, test.images) and torch.equal(again.targets, test.targets)
     batch = next(data.train.batches(64, shuffle=True, generator=torch.Generator().manual_seed(0)))
@@ -157,7 +157,7 @@ def test_sequence_metrics():
 
 def test_short_ctc_training_run(tmp_path, cli):
     """Strings of 1-3 digits: 3 epochs of 6,000 strings (about 25 s here) read 97% of characters right."""
-    result = cli("run", CTC_CONFIG, FP32, "data.max_digits=3", "data.train_size=6000", "data.test_size=500",
+    result = cli("run", CTC_CONFIG, FP32, "data.max_digits=3", "data.train_size=6000", "data.val_size=500", "data.test_size=500",
                  "trainer.epochs=3", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "ctc").iterdir()

@@ -185,7 +185,7 @@ def test_build_time_check_names_the_stage_that_breaks(extra_plugin, tmp_path):
     with pytest.raises(ModelError, match=r"backbone 'liar' returned lengths \[29\] for widths \[28\]; out_lengths\(\) says \[28\]"):
         build_model(cfg, data, registry)
 
-    bad_head = config.resolve(config.load(MNIST_CONFIG, ["model.backbone.pools=[[4,2],[4,2],[2,1],[2,1]]", "data.train_limit=64", "data.test_limit=64"]), registry)
+    bad_head = config.resolve(config.load(MNIST_CONFIG, ["model.backbone.pools=[[4,2],[4,2],[2,1],[2,1]]", "data.train_limit=64", "data.val_size=64", "data.test_limit=64"]), registry)
     with pytest.raises(ModelError, match="model.backbone: 'cnn' shrinks images of height 28 to nothing"):
         build_model(bad_head, data, registry)
 

@@ -59,7 +59,7 @@ def test_installed_plugins_are_discovered_and_listed(site):
 @pytest.mark.parametrize("backbone", ["resnet", "acme_backbone"])
 def test_third_party_backbones_train(site, tmp_path, backbone):
     result = crnnfw(site, "run", MNIST_CONFIG, FP32, f"model.backbone.name={backbone}", "data.train_limit=2048",
-                    "data.test_limit=512", "trainer.epochs=2", "trainer.batch_size=64", f"output_dir={tmp_path}")
+                    "data.val_size=512", "data.test_limit=512", "trainer.epochs=2", "trainer.batch_size=64", f"output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "mnist_crnn").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -17,7 +17,8 @@ def test_short_run_learns_mnist(short_run):
     summary = json.loads((short_run / "summary.json").read_text())
     # 3 epochs of an 8,000-image subset (about 20 s here) reach about 96.5%.
     assert summary["best"]["metric"] == "accuracy"
-    assert summary["best"]["value"] >= 0.95
+    assert summary["best"]["value"] >= 0.95 and summary["best"]["split"] == "val"
+    assert summary["best"]["test"]["accuracy"] >= 0.95  # the best model's test score is reported beside it
     assert summary["final"]["test_accuracy"] >= 0.95
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 125
     assert summary["components"]["backbone"] == {"name": "cnn", "plugin": "builtins", "distribution": "crnnfw", "version": summary["crnnfw_version"]}
@@ -32,10 +33,12 @@ def test_run_directory_contents(short_run):
     rows = read_jsonl(short_run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    assert {"test_accuracy", "test_loss", "train_accuracy", "images_per_s", "lr"} <= set(rows[0])
+    assert {"val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_accuracy", "images_per_s", "lr"} <= set(rows[0])
+    best = max(rows, key=lambda r: r["val_accuracy"])  # the best epoch is chosen on val, never on test
+    assert json.loads((short_run / "summary.json").read_text())["best"]["epoch"] == best["epoch"]
     assert rows[-1]["train_accuracy"] > 0.8
     log = (short_run / "train.log").read_text()
-    assert "epoch 1/3 step 20/125" in log and "best test accuracy" in log
+    assert "epoch 1/3 step 20/125" in log and "best val accuracy" in log
 
 
 def test_checkpoints_are_plain_and_complete(short_run):
@@ -53,7 +56,7 @@ def test_checkpoints_are_plain_and_complete(short_run):
 
 
 def test_never_overwrites_a_run(tmp_path, cli):
-    args = ["run", MNIST_CONFIG, FP32, "data.train_limit=256", "data.test_limit=256", "trainer.epochs=1", f"output_dir={tmp_path}", "name=twice"]
+    args = ["run", MNIST_CONFIG, FP32, "data.train_limit=256", "data.val_size=256", "data.test_limit=256", "trainer.epochs=1", f"output_dir={tmp_path}", "name=twice"]
     assert cli(*args).code == 0
     assert cli(*args).code == 0
     runs = sorted((tmp_path / "twice").iterdir())
@@ -62,13 +65,13 @@ def test_never_overwrites_a_run(tmp_path, cli):
 
 
 def test_plain_progress_lines_off_a_terminal(tmp_path, cli):
-    result = cli("run", MNIST_CONFIG, FP32, "data.train_limit=512", "data.test_limit=256", "trainer.epochs=1",
+    result = cli("run", MNIST_CONFIG, FP32, "data.train_limit=512", "data.val_size=256", "data.test_limit=256", "trainer.epochs=1",
                  "trainer.batch_size=64", "trainer.log_every=4", f"output_dir={tmp_path}")
     assert result.code == 0
     lines = [l for l in result.out.splitlines() if l.startswith("epoch 1/1 step")]
     assert [l.split()[3] for l in lines] == ["4/8", "8/8"]
     assert "img/s" in lines[0] and "eta" in lines[0]
-    assert "best test accuracy" in result.out and "run directory:" in result.out
+    assert "best val accuracy" in result.out and "run directory:" in result.out
 
 
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
@@ -109,7 +112,7 @@ def test_fast_recipe_reaches_99_percent(tmp_path):
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, cli):
     """trainer.compile=default trains the same model (to float rounding) and checkpoints keep plain names."""
     fast = MNIST_CONFIG.with_name("mnist_fast.yaml")
-    small = [FP32, "data.train_limit=8192", "data.test_limit=2000", f"output_dir={tmp_path}"]
+    small = [FP32, "data.train_limit=8192", "data.val_size=2000", "data.test_limit=2000", f"output_dir={tmp_path}"]
     rows = {}
     for mode, name in (("off", "eager"), ("default", "compiled")):
         result = cli("run", fast, *small, f"trainer.compile={mode}", f"name={name}")

@@ -29,7 +29,9 @@ def test_eval_prints_and_saves_the_metrics(short_run, cli):
     assert result.code == 0, result.err
     payload = json.loads(result.out)
     assert payload["checkpoint"].endswith("best.ckpt") and payload["samples"] == 2000
-    assert payload["scores"]["accuracy"] == pytest.approx(summary["best"]["value"], abs=1e-9)
+    assert payload["scores"]["accuracy"] == pytest.approx(summary["best"]["test"]["accuracy"], abs=1e-9)
+    val = json.loads(cli("eval", short_run, "--json", "--split", "val", "--out", short_run / "eval-val").out)
+    assert val["split"] == "val" and val["scores"]["accuracy"] == pytest.approx(summary["best"]["value"], abs=1e-9)
     rows = payload["report"]["per_class"]
     assert [r["class"] for r in rows] == list("0123456789") and sum(r["count"] for r in rows) == 2000
     confusion = np.array(payload["confusion"])
@@ -38,13 +40,13 @@ def test_eval_prints_and_saves_the_metrics(short_run, cli):
     assert {p.name for p in folder.iterdir()} == {"predictions.png", "confusion.png", "eval.json"}
     assert Image.open(folder / "confusion.png").size[0] > 300
 
-    table = cli("eval", short_run / "checkpoints" / "last.ckpt", "data.test_limit=500")
+    table = cli("eval", short_run / "checkpoints" / "last.ckpt", "data.val_size=500", "data.test_limit=500")
     assert table.code == 0
     assert "per class" in table.out and "confusion" in table.out and "500 samples" in table.out
 
 
 def test_eval_of_a_sequence_model_breaks_down_by_length(tmp_path, cli):
-    run = cli("run", "configs/multidigit_ctc.yaml", "data.train_size=512", "data.test_size=200", "trainer.epochs=1",
+    run = cli("run", "configs/multidigit_ctc.yaml", "data.train_size=512", "data.val_size=200", "data.test_size=200", "trainer.epochs=1",
               "trainer.batch_size=32", FP32, f"output_dir={tmp_path}", "name=ctc")
     assert run.code == 0, run.err
     (run_dir,) = (tmp_path / "ctc").iterdir()
@@ -184,7 +186,7 @@ def test_torchscript_export(tmp_path, short_run, cli):
 
 
 def test_fine_tuning_loads_what_fits(tmp_path, short_run, cli):
-    same = cli("run", MNIST_CONFIG, "--init-from", short_run, FP32, "data.train_limit=512", "data.test_limit=1000",
+    same = cli("run", MNIST_CONFIG, "--init-from", short_run, FP32, "data.train_limit=512", "data.val_size=1000", "data.test_limit=1000",
                "trainer.epochs=1", "trainer.optimizer.lr=0.0002", f"output_dir={tmp_path}", "name=same")
     assert same.code == 0, same.err
     assert "loaded 18 of 18 tensors" in same.out and "re-initialised" not in same.out
@@ -197,7 +199,7 @@ def test_fine_tuning_loads_what_fits(tmp_path, short_run, cli):
 def test_fine_tuning_across_charsets_reinitialises_the_head(tmp_path, short_run, cli):
     """MNIST digits (softmax over 10 classes) to strings over an 11-character CTC charset."""
     result = cli("run", MNIST_CONFIG, "--init-from", short_run, FP32, "data.name=multidigit", "data.height=28",
-                 "data.train_size=256", "data.test_size=64", "model.head.name=ctc", "model.head.charset=0123456789-",
+                 "data.train_size=256", "data.val_size=64", "data.test_size=64", "model.head.name=ctc", "model.head.charset=0123456789-",
                  "trainer.epochs=1", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
     assert result.code == 0, result.err
     assert "re-initialised the head" in result.out and "head.classifier" in result.out
@@ -216,7 +218,7 @@ def test_init_from_a_missing_checkpoint_fails_first(tmp_path, cli):
 def test_a_fixed_width_model_exports_at_its_own_width(tmp_path, cli):
     """The fast recipe's flatten encoder reads exactly 7 steps: export traces and verifies at 28 px only."""
     fast = MNIST_CONFIG.parent / "mnist_fast.yaml"
-    assert cli("run", fast, FP32, "data.train_limit=256", "data.test_limit=100", "trainer.epochs=1", f"output_dir={tmp_path}", "name=fast").code == 0
+    assert cli("run", fast, FP32, "data.train_limit=256", "data.val_size=100", "data.test_limit=100", "trainer.epochs=1", f"output_dir={tmp_path}", "name=fast").code == 0
     (run_dir,) = (tmp_path / "fast").iterdir()
     for fmt in ("onnx", "torchscript"):
         result = cli("export", run_dir, "--format", fmt, "-o", tmp_path / f"fast.{fmt}", "--verify")

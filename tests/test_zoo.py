@@ -60,7 +60,7 @@ def test_every_zoo_config_is_known_to_the_test_and_the_benchmark():
 
 @pytest.mark.parametrize("model", sorted(EXPECTED_PARAMETERS))
 def test_zoo_config_trains_a_few_steps(model, cli, tmp_path):
-    result = cli("run", ZOO / f"{model}.yaml", FP32, "data.train_limit=96", "trainer.batch_size=32", "data.test_limit=100",
+    result = cli("run", ZOO / f"{model}.yaml", FP32, "data.train_limit=96", "trainer.batch_size=32", "data.val_size=100", "data.test_limit=100",
                  "trainer.eval_batch_size=100", "trainer.epochs=1", f"output_dir={tmp_path}")
     assert result.code == 0, result.err
     (summary_path,) = tmp_path.glob("*/*/summary.json")

@@ -1,0 +1,368 @@
+"""The ``lines`` dataset: labelled image files from disk, in the formats OCR users already have.
+
+Each split (``train``, ``val``, ``test``) takes one or more sources: a ``path<TAB>text`` label
+file, a folder whose file names are the labels, EasyOCR CSV, docTR JSON, MMOCR JSON lines or a
+clovaai LMDB (see :mod:`crnnfw_plugins.labels`). Without a ``val`` source a seeded fraction of
+``train`` is held out, chosen by a hash of each sample's relative path and label, so every
+machine holds out the same samples and none is also trained on.
+
+Labels are NFC-normalised (and case-folded when asked); the charset comes from the training
+labels, ``charset`` or a ``dictionary`` file, and every label is checked against it. Images
+go through crnnfw's one preprocessing function (the one ``crnnfw predict`` uses), decoded in
+worker processes, and are held in memory as one packed uint8 tensor; the decoded result is
+cached on disk, keyed by the label files' content, the images' sizes and modification times
+and the preprocessing options, so a second run starts in seconds.
+
+Every problem is collected with its place (``file:line``) before anything trains; the run
+stops with one line per kind of problem, and ``crnnfw data CONFIG`` lists them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+import crnnfw
+from crnnfw.charset import CASES, UNKNOWN_POLICIES, apply_charset, build_charset, normalise, read_dictionary
+from crnnfw.data import InputSpec
+from crnnfw.errors import DataProblems, Problem
+from crnnfw.images import load_pixels, prepare, scaled_width
+
+from . import labels
+from .mnist import cache_dir
+
+TOO_WIDE = ("squeeze", "drop", "error")
+POLARITY = ("auto", "dark-on-light", "light-on-dark")
+#: Kinds of problem that stop a run (unless ``bad_samples: skip``); the rest are warnings.
+WARNINGS = ("narrower than min_width", "too wide (dropped)")
+
+
+@dataclass
+class LinesConfig:
+    train: Any = None  # label file, image folder or LMDB folder; or a list of them; each may be {path, format, root, delimiter}
+    val: Any = None  # as train; unset: val_fraction of train is held out
+    test: Any = None  # as train (required: the split every figure is reported on)
+    format: str = "auto"  # auto | tsv | folder | csv | json | jsonl | lmdb (a source's own `format` wins)
+    root: Optional[str] = None  # folder image paths are relative to (default: each label file's folder)
+    delimiter: str = "\t"  # tsv: between path and label, split on its first occurrence (MMOCR, trdg: " ")
+    name_separator: str = "_"  # folder: "7H3K_0042.png" is labelled "7H3K"
+    val_fraction: float = 0.1
+    val_seed: int = 0
+    charset: Optional[str] = None  # the characters the model reads (unset: every character of the training labels)
+    dictionary: Optional[str] = None  # or a file of one character per line (<space> for a space)
+    case: str = "keep"  # keep | lower | upper, applied to every label (after Unicode NFC)
+    unknown: str = "error"  # a character outside the charset: error | drop (the sample) | skip (the character)
+    bad_samples: str = "error"  # a missing or unreadable image, empty label, duplicate, malformed line: error | skip
+    height: int = 32  # images are scaled to this height keeping their aspect ratio
+    channels: int = 1  # 1: grey | 3: colour
+    min_width: int = 8  # narrower images are padded to this width
+    max_width: int = 1024  # wider images: see too_wide
+    too_wide: str = "squeeze"  # squeeze (to max_width) | drop (counted) | error
+    polarity: str = "auto"  # how the files are drawn: auto (per image, from its border) | dark-on-light | light-on-dark
+    cache: str = "auto"  # auto | memory (decode once, keep in memory, cache on disk) | off (decode every run)
+    cache_dir: Optional[str] = None  # where decoded sets are cached (default: $CRNNFW_CACHE_DIR or ~/.cache/crnnfw)
+    workers: int = 0  # decoding processes (0: one per core)
+    augment: crnnfw.AugmentConfig = field(  # batched affine warp of training images (off by default)
+        default_factory=lambda: crnnfw.AugmentConfig(enabled=False, degrees=2.0, translate=0.02, scale_min=0.95, scale_max=1.05, shear=5.0)
+    )
+
+    def __post_init__(self) -> None:
+        self.cache = {"False": "off", "True": "memory"}.get(str(self.cache), self.cache)  # YAML reads a bare off as false
+        choices = {"case": CASES, "unknown": UNKNOWN_POLICIES, "bad_samples": ("error", "skip"), "too_wide": TOO_WIDE,
+                   "polarity": POLARITY, "cache": ("auto", "memory", "off"), "format": labels.FORMATS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}: '{getattr(self, key)}' is not one of {', '.join(allowed)}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if not 8 <= self.height <= 512 or not 1 <= self.min_width <= self.max_width:
+            raise ValueError("need 8 <= height <= 512 and 1 <= min_width <= max_width")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.charset is not None and self.dictionary is not None:
+            raise ValueError("give charset or dictionary, not both")
+        if self.train is None or self.test is None:
+            missing = " and ".join(k for k in ("train", "test") if getattr(self, k) is None)
+            raise ValueError(f"{missing}: give a label file, an image folder or an LMDB folder (e.g. data.{missing.split()[0]}=labels.txt)")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image as found: where it comes from and its label as trained on."""
+
+    entry: labels.Entry
+    text: str
+    key: str  # stable across machines: the path relative to its source, and the label
+
+
+@dataclass
+class Report:
+    """Every problem reading a dataset found, with its place, and the changes it counted."""
+
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # counted changes (drop, skip)
+
+    def add(self, split: str, kind: str, where: str, detail: str) -> None:
+        self.problems.append(Problem(split, kind, where, detail))
+
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.kind not in WARNINGS]
+
+
+def _sources(value: Any, key: str, config: LinesConfig) -> list[labels.Source]:
+    """A split's sources, from a path, a list of paths or mappings with per-source options."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    sources = []
+    for item in items:
+        options = dict(item) if isinstance(item, dict) else {"path": item}
+        unknown = set(options) - {"path", "format", "root", "delimiter", "name_separator", "image_key", "text_key"}
+        if unknown or not isinstance(options.get("path"), str):
+            raise crnnfw.DataError(
+                f"data.{key}: each source is a path or a mapping with path (and format, root, delimiter, name_separator); got {item!r}"
+            )
+        options.setdefault("format", config.format)
+        options.setdefault("root", config.root)
+        options.setdefault("delimiter", config.delimiter)
+        options.setdefault("name_separator", config.name_separator)
+        if options["format"] not in labels.FORMATS:
+            raise crnnfw.DataError(f"data.{key}: format '{options['format']}' is not one of {', '.join(labels.FORMATS)}")
+        sources.append(labels.Source(**options))
+    return sources
+
+
+def _stable_key(source: labels.Source, entry: labels.Entry) -> str:
+    """The sample's path relative to its source's folder (or its LMDB record) and its label."""
+    if "::" in entry.image:
+        return f"{Path(entry.image.split('::')[0]).name}::{entry.image.split('::')[1]}\0{entry.text}"
+    base = Path(source.root or (source.path if Path(source.path).is_dir() else Path(source.path).parent)).resolve()
+    try:
+        relative = Path(entry.image).relative_to(base).as_posix()
+    except ValueError:
+        relative = Path(entry.image).name
+    return f"{relative}\0{entry.text}"
+
+
+def _read_split(split: str, value: Any, config: LinesConfig, report: Report) -> tuple[list[Sample], list[labels.Source]]:
+    sources = _sources(value, split, config)
+    samples = []
+    for source in sources:
+        entries, problems = labels.read_source(source)
+        for problem in problems:
+            report.add(split, problem.kind, problem.where, problem.detail)
+        for entry in entries:
+            text = normalise(entry.text, config.case)
+            if not text:
+                report.add(split, "empty label", entry.where, "the label is empty after Unicode normalisation")
+                continue
+            samples.append(Sample(entry, text, _stable_key(source, entry)))
+    return samples, sources
+
+
+def _held_out(key: str, seed: int, fraction: float) -> bool:
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+class _Decoder(torch.utils.data.Dataset):
+    """Decodes samples with the shared preprocessing, in DataLoader worker processes."""
+
+    def __init__(self, samples: list[Sample], spec: InputSpec, polarity: str) -> None:
+        self.samples, self.spec, self.polarity = samples, spec, polarity
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | None, int, str | None]:
+        entry = self.samples[index].entry
+        try:
+            array = load_pixels(labels.read_image_bytes(entry), entry.where)
+            natural = scaled_width(array.shape[0], array.shape[1], self.spec)
+            image = prepare(array, self.spec, self.polarity)
+        except crnnfw.CrnnfwError as exc:
+            return index, None, 0, str(exc)
+        return index, image.mul(255).round_().to(torch.uint8), natural, None
+
+
+def _decode(samples: list[Sample], spec: InputSpec, config: LinesConfig) -> list[tuple[Tensor | None, int, str | None]]:
+    """Every sample's image as uint8 ``(C, H, W)``, its width before any squeeze, or its error."""
+    workers = config.workers or os.cpu_count() or 1
+    decoder = _Decoder(samples, spec, config.polarity)
+    if workers == 1 or len(samples) < 256:
+        return [decoder[i][1:] for i in range(len(samples))]
+    loader = torch.utils.data.DataLoader(decoder, batch_size=64, num_workers=workers, collate_fn=list)
+    out: list[Any] = [None] * len(samples)
+    for chunk in loader:
+        for index, image, natural, error in chunk:
+            out[index] = (image, natural, error)
+    return out
+
+
+def _pack(images: list[Tensor], texts: list[str], classes: str, places: list[str], transform) -> crnnfw.PackedSplit:
+    index = {c: i for i, c in enumerate(classes)}
+    widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.long)
+    offsets = widths.cumsum(0) - widths
+    longest = max(len(t) for t in texts)
+    targets = torch.zeros(len(texts), longest, dtype=torch.long)
+    for row, text in enumerate(texts):
+        targets[row, : len(text)] = torch.tensor([index[c] for c in text])
+    lengths = torch.tensor([len(t) for t in texts], dtype=torch.long)
+    return crnnfw.PackedSplit(torch.cat(images, dim=-1), offsets, widths, targets, lengths, transform=transform, places=places)
+
+
+def _cache_key(config: LinesConfig, sources: dict[str, list[labels.Source]], samples: dict[str, list[Sample]]) -> str:
+    """A digest of everything the decoded images depend on: the label files' bytes, each
+    image's path, size and modification time, and the preprocessing options."""
+    digest = hashlib.sha256()
+    options = {k: v for k, v in asdict(config).items() if k in ("height", "channels", "min_width", "max_width", "too_wide", "polarity")}
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    for split in ("train", "val", "test"):
+        for source in sources.get(split, []):
+            path = Path(source.path)
+            digest.update(f"{split}\0{path.resolve()}\0{source}".encode())
+            if path.is_file():
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+        for sample in samples.get(split, []):
+            image = sample.entry.image.split("::")[0]
+            try:
+                stat = os.stat(image)
+                digest.update(f"{sample.entry.image}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:  # gone since it was listed: decoding reports it
+                digest.update(f"{sample.entry.image}\0missing\n".encode())
+    return digest.hexdigest()[:24]
+
+
+Decoded = dict[str, list[tuple[Tensor | None, int, str | None]]]
+
+
+def _cache_file(config: LinesConfig, sources: dict[str, list[labels.Source]], samples: dict[str, list[Sample]]) -> Path | None:
+    if config.cache == "off":
+        return None
+    folder = Path(config.cache_dir).expanduser() if config.cache_dir else cache_dir()
+    return folder / f"lines-{_cache_key(config, sources, samples)}.pt"
+
+
+def _decode_all(config: LinesConfig, spec: InputSpec, samples: dict[str, list[Sample]], cached: Path | None) -> tuple[Decoded, bool]:
+    """Decoded images per split (image, width before any squeeze, error), from the on-disk
+    cache when nothing they depend on changed; and whether they came from it."""
+    if cached is not None and cached.is_file():
+        try:
+            stored = torch.load(cached, weights_only=True)
+            return {split: [(img if ok else None, nat, err or None) for img, nat, err, ok in zip(*stored[split])]
+                    for split in samples}, True
+        except Exception:  # a damaged or stale cache is decoded again
+            pass
+    return {split: _decode(found, spec, config) for split, found in samples.items()}, False
+
+
+def _save_cache(decoded: Decoded, cached: Path) -> None:
+    """Keep decoded images for the next run (written whole, then renamed into place)."""
+    stored = {split: ([img if img is not None else torch.zeros(0, dtype=torch.uint8) for img, _, _ in rows],
+                      [nat for _, nat, _ in rows], [err or "" for _, _, err in rows], [img is not None for img, _, _ in rows])
+              for split, rows in decoded.items()}
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(stored, tmp)
+        os.replace(tmp, cached)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # no writable cache: the next run decodes again
+
+
+def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
+    """The dataset and everything reading it found; the DataModule is None when errors remain
+    (and ``bad_samples`` is ``error``), so a check can list them all before anything trains."""
+    report = Report()
+    samples: dict[str, list[Sample]] = {}
+    sources: dict[str, list[labels.Source]] = {}
+    for split in ("train", "val", "test"):
+        if split == "val" and config.val is None:
+            continue
+        samples[split], sources[split] = _read_split(split, getattr(config, split), config, report)
+    if config.val is None:
+        held = [_held_out(s.key, config.val_seed, config.val_fraction) for s in samples["train"]]
+        samples["val"] = [s for s, h in zip(samples["train"], held) if h]
+        samples["train"] = [s for s, h in zip(samples["train"], held) if not h]
+        report.notes.append(f"val: {len(samples['val']):,} samples held out of train (val_fraction {config.val_fraction}, seed {config.val_seed})")
+
+    if config.dictionary:
+        charset = read_dictionary(config.dictionary)
+    elif config.charset is not None:
+        charset = normalise(config.charset, config.case)
+    else:
+        charset = build_charset(s.text for s in samples["train"])
+    if not charset:
+        raise crnnfw.DataError("data.train: no usable training labels, so there is no charset; check the train sources")
+    for split, found in samples.items():
+        filtered = apply_charset([(s.entry.where, s.text) for s in found], charset, config.unknown)
+        if filtered.unknown and config.unknown == "error":
+            for _, where, chars in filtered.unknown_at:
+                report.add(split, "unknown character", where, f"{chars!r} not in the charset")
+        elif filtered.unknown:
+            report.notes.append(f"{split}: {filtered.summary()}")
+        samples[split] = [Sample(found[i].entry, text, found[i].key) for i, text in filtered.kept]
+
+    spec = InputSpec(config.channels, config.height, config.min_width, config.max_width, "light-on-dark", None,
+                     "squeeze" if config.too_wide == "squeeze" else "keep")
+    splits: dict[str, tuple[list[Tensor], list[str], list[str]]] = {}
+    cached = _cache_file(config, sources, samples)
+    decoded, from_cache = _decode_all(config, spec, samples, cached)
+    for split, rows in decoded.items():
+        images, texts, places = [], [], []
+        for sample, (image, natural, error) in zip(samples[split], rows):
+            where = sample.entry.where
+            if image is None:
+                report.add(split, "undecodable image", where, error.split(": ", 1)[-1] if error else "cannot read it")
+                continue
+            if natural > config.max_width and config.too_wide != "squeeze":
+                if config.too_wide == "error":
+                    report.add(split, "too wide", where, f"{natural} px at height {config.height}, over max_width {config.max_width}")
+                    continue
+                report.add(split, "too wide (dropped)", where, f"{natural} px at height {config.height}, over max_width {config.max_width}")
+                continue
+            if natural < config.min_width:
+                report.add(split, "narrower than min_width", where, f"{natural} px, padded to {config.min_width}")
+            images.append(image)
+            texts.append(sample.text)
+            places.append(where)
+        splits[split] = (images, texts, places)
+    for kind in WARNINGS:
+        found = [p for p in report.problems if p.kind == kind]
+        if found:
+            report.notes.append(f"{len(found)} x {kind}, first at {', '.join(p.where for p in found[:3])}")
+    if report.errors() and config.bad_samples == "error":
+        return None, report  # nothing is cached for data that cannot train
+    if cached is not None and not from_cache:
+        _save_cache(decoded, cached)
+    if report.errors():
+        report.notes.append(f"{len(report.errors())} problem samples skipped (bad_samples: skip)")
+    for split, (images, _, _) in splits.items():
+        if not images:
+            raise crnnfw.DataError(f"data.{split}: no usable samples; check its sources (`crnnfw data CONFIG` lists the problems)")
+    transform = crnnfw.RandomAffine(config.augment) if config.augment.enabled else None
+    packed = {split: _pack(images, texts, charset, places, transform if split == "train" else None)
+              for split, (images, texts, places) in splits.items()}
+    all_texts = [t for _, texts, _ in splits.values() for t in texts]
+    widths = torch.cat([p.widths for p in packed.values()])
+    lengths = torch.tensor([len(t) for t in all_texts])
+    narrowest = {int(n): int(widths[lengths == n].min()) for n in lengths.unique()}
+    data = crnnfw.DataModule(
+        train=packed["train"], val=packed["val"], test=packed["test"], classes=tuple(charset), channels=config.channels,
+        height=config.height, min_width=config.min_width, max_width=config.max_width, narrowest=narrowest,
+        polarity="light-on-dark", ink_height=None, too_wide=spec.too_wide, notes=report.notes,
+    )
+    return data, report
+
+
+def lines_data(config: LinesConfig) -> crnnfw.DataModule:
+    """The ``lines`` dataset factory: stops with one line per kind of problem found."""
+    data, report = read_lines(config)
+    if data is None:
+        raise DataProblems(report.errors())
+    return data

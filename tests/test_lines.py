@@ -1,0 +1,224 @@
+"""The ``lines`` dataset end to end, on real image files written here: every label format, the
+charset and its policies, the val split, image kinds, width policies, the decode cache,
+``crnnfw data`` and a real training run read back by ``crnnfw predict``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from crnnfw import config
+from crnnfw.data import build_data
+from crnnfw.plugins import get_registry
+
+from .conftest import FP32, ROOT
+
+LINES_CONFIG = ROOT / "configs" / "lines_ctc.yaml"
+FONT = ImageFont.load_default(size=22)
+WORDS = ["Überprüfung", "Привет мир", "数字 42", "NA", "0012", "a, b"]
+
+
+def render(path: Path, text: str, *, ink: int = 20, paper: int = 235, mode: str = "L", pad: int = 6) -> Path:
+    """``text`` drawn dark on light, 32 px high, as PNG or JPEG by the file name."""
+    width = int(FONT.getlength(text)) + 2 * pad
+    image = Image.new("L", (width, 32), paper)
+    ImageDraw.Draw(image).text((pad, 3), text, fill=ink, font=FONT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.convert(mode).save(path)
+    return path
+
+
+def labelled(folder: Path, words: list[str]) -> list[tuple[str, str]]:
+    """One image per word in ``folder``; (file name, label) pairs."""
+    pairs = [(f"w{i:03d}.png", word) for i, word in enumerate(words)]
+    for name, word in pairs:
+        render(folder / name, word)
+    return pairs
+
+
+def tsv(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f"{name}\t{text}\n" for name, text in pairs), encoding="utf-8")
+    return path
+
+
+def checked(cli, *overrides: str, config_path: Path = LINES_CONFIG):
+    result = cli("data", config_path, *overrides, "--json")
+    return result, (json.loads(result.out) if result.out.strip().startswith("{") else None)
+
+
+@pytest.fixture
+def words(tmp_path) -> tuple[Path, list[tuple[str, str]]]:
+    folder = tmp_path / "words"
+    return folder, labelled(folder, WORDS)
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "json", "jsonl", "folder", "lmdb"])
+def test_every_format_reads_the_same_samples(fmt, words, tmp_path, cli):
+    folder, pairs = words
+    if fmt == "tsv":
+        source = tsv(folder / "labels.txt", pairs)
+    elif fmt == "csv":
+        source = folder / "labels.csv"
+        with source.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("filename", "words"), *pairs])
+    elif fmt == "json":
+        source = folder / "labels.json"
+        source.write_text(json.dumps(dict(pairs), ensure_ascii=False), encoding="utf-8")
+    elif fmt == "jsonl":
+        source = folder / "labels.jsonl"
+        source.write_text("\n".join(json.dumps({"filename": n, "text": t}, ensure_ascii=False) for n, t in pairs), encoding="utf-8")
+    elif fmt == "folder":
+        source = tmp_path / "named"
+        source.mkdir()
+        for i, (name, text) in enumerate(pairs):  # Keras captcha style: the label, then a number
+            (folder / name).rename(source / f"{text}_{i:04d}.png")
+    else:
+        pytest.importorskip("lmdb")
+        source = tmp_path / "words.lmdb"
+        converted = cli("data", "convert", tsv(folder / "labels.txt", pairs), source)
+        assert converted.code == 0, converted.err
+        assert f"{len(pairs)} samples" in converted.out
+    result, report = checked(cli, f"data.train={source}", f"data.val={source}", f"data.test={source}",
+                             f"output_dir={tmp_path / 'runs'}")
+    assert result.code == 0, result.err + result.out
+    assert report["ok"] and report["splits"]["train"]["samples"] == len(pairs)
+    assert set(report["charset"]) == set("".join(text for _, text in pairs))
+    assert report["charset"]["Ü"] == 1 and report["charset"]["2"] == 2
+    assert Path(report["pictures"][0]).is_file()
+
+
+def test_val_is_held_out_the_same_way_every_time_and_never_trained_on(tmp_path):
+    folder = tmp_path / "many"
+    pairs = labelled(folder, [f"{i:03d}" for i in range(60)])
+    source = tsv(folder / "labels.txt", pairs)
+
+    def build():
+        overrides = [f"data.train={source}", f"data.test={source}", "data.val_fraction=0.25", "data.cache=off"]
+        cfg = config.resolve(config.load(LINES_CONFIG, overrides), get_registry())
+        return build_data(cfg, get_registry())
+
+    first, second = build(), build()
+    assert first.val.places == second.val.places and first.train.places == second.train.places
+    assert not set(first.val.places) & set(first.train.places)
+    assert len(first.val) + len(first.train) == 60 and 5 <= len(first.val) <= 25
+    assert any("held out of train" in note for note in first.notes)
+
+
+def test_unknown_characters_error_drop_or_skip_and_are_counted(tmp_path, cli):
+    folder = tmp_path / "chars"
+    train = tsv(folder / "train.txt", labelled(folder, ["AB", "BA", "AAB"]))
+    render(folder / "z.png", "AZ")
+    test = tsv(folder / "test.txt", [("w000.png", "AB"), ("z.png", "AZ")])
+    common = [f"data.train={train}", f"data.val={train}", f"data.test={test}", f"output_dir={tmp_path / 'runs'}"]
+    result, report = checked(cli, *common)
+    assert result.code == 1 and not report["ok"]
+    (problem,) = report["problems"]
+    assert problem["kind"] == "unknown character" and problem["where"].endswith("test.txt:2") and "Z" in problem["detail"]
+    run = cli("run", LINES_CONFIG, *common, FP32)
+    assert run.code != 0 and "unknown character" in run.err and "test.txt:2" in run.err
+    assert not (tmp_path / "runs" / "lines_ctc").exists() or not any((tmp_path / "runs" / "lines_ctc").glob("2*"))
+    _, dropped = checked(cli, *common, "data.unknown=drop")
+    assert dropped["ok"] and dropped["splits"]["test"]["samples"] == 1
+    assert any("dropped 1 samples" in note for note in dropped["notes"])
+    _, skipped = checked(cli, *common, "data.unknown=skip")
+    assert skipped["splits"]["test"]["samples"] == 2 and any("skipped 1 characters" in note for note in skipped["notes"])
+
+
+def test_dictionary_file_case_folding_and_nfc(tmp_path, cli):
+    folder = tmp_path / "dict"
+    decomposed = "e\u0301t\u00e9"  # 'été' with one accent combining, one precomposed: one character after NFC
+    train = tsv(folder / "train.txt", labelled(folder, ["AB C", decomposed.upper()]))
+    dictionary = folder / "dict.txt"
+    dictionary.write_text("a\nb\nc\n<space>\né\nt\nz\n", encoding="utf-8")
+    result, report = checked(cli, f"data.train={train}", f"data.val={train}", f"data.test={train}", f"data.dictionary={dictionary}",
+                             "data.case=lower", f"output_dir={tmp_path / 'runs'}")
+    assert result.code == 0, result.out
+    assert list(report["charset"]) == list("abc é") + ["t", "z"]  # the dictionary's order
+    assert report["charset"]["é"] == 2 and report["charset"][" "] == 1 and report["charset"]["z"] == 0
+
+
+def test_images_of_every_kind_come_out_alike(tmp_path):
+    folder = tmp_path / "kinds"
+    render(folder / "grey.png", "AB")
+    render(folder / "colour.jpg", "AB", mode="RGB")
+    render(folder / "palette.png", "AB", mode="P")
+    render(folder / "light_on_dark.png", "AB", ink=230, paper=20)
+    grey = np.asarray(Image.open(folder / "grey.png"), dtype=np.uint16)
+    Image.fromarray(grey * 257).save(folder / "sixteen.png")  # 16 bits a pixel
+    upright = Image.open(folder / "grey.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotated 90 degrees: the viewer turns it back
+    upright.rotate(-90, expand=True).save(folder / "rotated.jpg", exif=exif)
+    names = ["grey.png", "colour.jpg", "palette.png", "light_on_dark.png", "sixteen.png", "rotated.jpg"]
+    source = tsv(folder / "labels.txt", [(n, "AB") for n in names])
+    cfg = config.resolve(config.load(LINES_CONFIG, [f"data.train={source}", f"data.val={source}", f"data.test={source}",
+                                                    "data.cache=off"]), get_registry())
+    data = build_data(cfg, get_registry())
+    batch = data.test.batch(torch.arange(len(names)))
+    widths = batch.widths.tolist()
+    assert max(widths) - min(widths) <= 1, widths  # the rotated JPEG was turned upright
+    for i in range(len(names)):
+        image = batch.images[i, 0, :, : widths[i]]
+        assert image.shape[0] == 32
+        assert float(image[:, :3].mean()) < 0.15 and float(image.max()) > 0.6, data.test.places[i]  # ink bright, paper dark
+
+
+def test_too_wide_images_squeeze_drop_or_error(tmp_path, cli):
+    folder = tmp_path / "wide"
+    pairs = labelled(folder, ["AB", "AB AB AB AB AB AB"])
+    source = tsv(folder / "labels.txt", pairs)
+    common = [f"data.train={source}", f"data.val={source}", f"data.test={source}", "data.max_width=100", "data.cache=off",
+              f"output_dir={tmp_path / 'runs'}"]
+    _, squeezed = checked(cli, *common)
+    assert squeezed["ok"] and squeezed["splits"]["test"]["widths"][-1][0].endswith("100")
+    _, dropped = checked(cli, *common, "data.too_wide=drop")
+    assert dropped["splits"]["test"]["samples"] == 1 and any("too wide (dropped)" in note for note in dropped["notes"])
+    result, refused = checked(cli, *common, "data.too_wide=error")
+    assert result.code == 1 and refused["problems"][0]["kind"] == "too wide" and refused["problems"][0]["where"].endswith("labels.txt:2")
+
+
+def test_decoded_images_are_cached_by_content(tmp_path):
+    folder = tmp_path / "cached"
+    source = tsv(folder / "labels.txt", labelled(folder, ["AB", "BA", "ABBA"]))
+    cache = tmp_path / "cache"
+    overrides = [f"data.train={source}", f"data.val={source}", f"data.test={source}", f"data.cache_dir={cache}"]
+
+    def build():
+        return build_data(config.resolve(config.load(LINES_CONFIG, overrides), get_registry()), get_registry())
+
+    first = build()
+    (stored,) = cache.glob("lines-*.pt")
+    again = build()
+    assert list(cache.glob("lines-*.pt")) == [stored]
+    assert torch.equal(first.test.pixels, again.test.pixels)
+    render(folder / "w000.png", "AB", ink=120)  # same file, new content
+    changed = build()
+    assert len(list(cache.glob("lines-*.pt"))) == 2 and not torch.equal(changed.test.pixels, first.test.pixels)
+
+
+def test_a_model_trained_from_files_reads_them_back(tmp_path, cli):
+    """Digit strings drawn in one font: 4 epochs of 1,600 images (about 40 s here) read most of them right."""
+    rng = random.Random(0)
+    folder = tmp_path / "digits"
+    pairs = []
+    for i in range(1800):
+        text = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 4)))
+        render(folder / f"{i:04d}.png", text, ink=rng.randint(0, 80), paper=rng.randint(180, 255))
+        pairs.append((f"{i:04d}.png", text))
+    train, test = tsv(folder / "train.txt", pairs[:1600]), tsv(folder / "test.txt", pairs[1600:])
+    result = cli("run", LINES_CONFIG, FP32, f"data.train={train}", f"data.test={test}", "trainer.epochs=4", "trainer.batch_size=32",
+                 "model.encoder.num_layers=1", f"output_dir={tmp_path / 'runs'}", "name=digits")
+    assert result.code == 0, result.err
+    (run_dir,) = (tmp_path / "runs" / "digits").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["test_cer"] <= 0.15, summary["final"]
+    predicted = [json.loads(line) for line in cli("predict", run_dir, *(folder / n for n, _ in pairs[1600:1700]), "--json").out.splitlines()]
+    right = sum(p["text"] == text for p, (_, text) in zip(predicted, pairs[1600:1700]))
+    assert right >= 70, predicted[:5]
