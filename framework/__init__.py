@@ -16,7 +16,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 from .augment import AugmentConfig, RandomAffine  # noqa: E402  (after the OpenMP setting)
 from .batch import Batch
 from .data import BatchTransform, DataModule, PackedSplit, Split, TensorSplit
-from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, ModelError, PluginError, TrainingError
+from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, DataProblems, ModelError, PluginError, Problem, TrainingError
 from .hookspecs import hookimpl
 from .metrics import SequenceScores, edit_distance
 from .model import Model, build_model, check_model, collapse_height
@@ -33,6 +33,7 @@ __all__ = [
     "CrnnfwError",
     "DataError",
     "DataModule",
+    "DataProblems",
     "Decoded",
     "Head",
     "Metrics",
@@ -41,6 +42,7 @@ __all__ = [
     "ModelError",
     "PackedSplit",
     "PluginError",
+    "Problem",
     "RandomAffine",
     "SequenceEncoder",
     "Split",

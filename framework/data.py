@@ -58,7 +58,8 @@ class DataModule:
     height: int
     min_width: int
     max_width: int
-    #: For sequence labels: label length -> the narrowest image width it comes with.
+    #: For sequence labels of splits not held in memory (composed afresh each epoch): label
+    #: length -> the narrowest image width it comes with. In-memory splits are checked sample by sample.
     narrowest: dict[int, int] | None = None
     #: ``light-on-dark`` (bright ink on a dark background, like MNIST) or ``dark-on-light`` (scans);
     #: prediction turns users' images this way round.

@@ -81,8 +81,13 @@ def crnnfw_register_datasets(register: Register) -> None:
     """Register datasets (``data.name``).
 
     Factory signature: ``factory(config) -> DataModule``: a :class:`crnnfw.DataModule` holding
-    ``train`` and ``test`` splits that yield :class:`crnnfw.Batch` objects, the vocabulary
-    ``classes``, the image ``channels`` and ``height``, the range of widths
-    (``min_width``, ``max_width``) and, for sequence labels, ``narrowest``: for each label
-    length, the narrowest image it comes in (the engine checks the model can fit it).
+    ``train``, ``val`` and ``test`` splits that yield :class:`crnnfw.Batch` objects (without a
+    ``val`` the engine holds one out of a :class:`crnnfw.TensorSplit` ``train``; the best
+    checkpoint is chosen on ``val``, ``test`` is only reported), the vocabulary ``classes``,
+    the image ``channels`` and ``height``, the range of widths (``min_width``, ``max_width``)
+    and, for sequence labels composed on the fly, ``narrowest``: for each label length, the
+    narrowest image it comes in. In-memory splits (:class:`crnnfw.TensorSplit`,
+    :class:`crnnfw.PackedSplit`) are checked sample by sample: every label must fit the steps
+    the model leaves at its image's width. A factory that finds problems in its data raises
+    :class:`crnnfw.DataProblems` with all of them, each with its place.
     """

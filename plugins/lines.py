@@ -32,7 +32,6 @@ from torch import Tensor
 import crnnfw
 from crnnfw.charset import CASES, UNKNOWN_POLICIES, apply_charset, build_charset, normalise, read_dictionary
 from crnnfw.data import InputSpec
-from crnnfw.errors import DataProblems, Problem
 from crnnfw.images import load_pixels, prepare, scaled_width
 
 from . import labels
@@ -106,13 +105,13 @@ class Sample:
 class Report:
     """Every problem reading a dataset found, with its place, and the changes it counted."""
 
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[crnnfw.Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # counted changes (drop, skip)
 
     def add(self, split: str, kind: str, where: str, detail: str) -> None:
-        self.problems.append(Problem(split, kind, where, detail))
+        self.problems.append(crnnfw.Problem(split, kind, where, detail))
 
-    def errors(self) -> list[Problem]:
+    def errors(self) -> list[crnnfw.Problem]:
         return [p for p in self.problems if p.kind not in WARNINGS]
 
 
@@ -291,6 +290,8 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
         samples["train"] = [s for s, h in zip(samples["train"], held) if not h]
         report.notes.append(f"val: {len(samples['val']):,} samples held out of train (val_fraction {config.val_fraction}, seed {config.val_seed})")
 
+    if not samples["train"] and report.errors():
+        return None, report  # no charset can come from labels that could not be read
     if config.dictionary:
         charset = read_dictionary(config.dictionary)
     elif config.charset is not None:
@@ -348,13 +349,9 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
     transform = crnnfw.RandomAffine(config.augment) if config.augment.enabled else None
     packed = {split: _pack(images, texts, charset, places, transform if split == "train" else None)
               for split, (images, texts, places) in splits.items()}
-    all_texts = [t for _, texts, _ in splits.values() for t in texts]
-    widths = torch.cat([p.widths for p in packed.values()])
-    lengths = torch.tensor([len(t) for t in all_texts])
-    narrowest = {int(n): int(widths[lengths == n].min()) for n in lengths.unique()}
     data = crnnfw.DataModule(
         train=packed["train"], val=packed["val"], test=packed["test"], classes=tuple(charset), channels=config.channels,
-        height=config.height, min_width=config.min_width, max_width=config.max_width, narrowest=narrowest,
+        height=config.height, min_width=config.min_width, max_width=config.max_width,
         polarity="light-on-dark", ink_height=None, too_wide=spec.too_wide, notes=report.notes,
     )
     return data, report
@@ -364,5 +361,5 @@ def lines_data(config: LinesConfig) -> crnnfw.DataModule:
     """The ``lines`` dataset factory: stops with one line per kind of problem found."""
     data, report = read_lines(config)
     if data is None:
-        raise DataProblems(report.errors())
+        raise crnnfw.DataProblems(report.errors())
     return data

@@ -20,6 +20,7 @@ from crnnfw import checkpoint
 from .conftest import FP32, MNIST_CONFIG, ROOT
 
 CTC_CONFIG = ROOT / "configs" / "multidigit_ctc.yaml"
+LINES_CONFIG = ROOT / "configs" / "lines_ctc.yaml"
 QUICK = [FP32, "data.train_limit=256", "data.val_size=128", "data.test_limit=128", "trainer.epochs=1"]
 
 
@@ -62,7 +63,47 @@ def workspace(tmp_path_factory):
     (files / "notes.jpg").write_text("this is a text file with an image's name\n")
     (files / "no_images").mkdir()
     (files / "no_images" / "readme.txt").write_text("nothing to see\n")
+    _own_data(files / "lines")
     return root, run_dir, files
+
+
+def _own_data(folder: Path) -> None:
+    """Label files and images for the `lines` dataset: one good set, and one broken file per case."""
+    from PIL import Image
+
+    folder.mkdir()
+    for name, width in (("a.png", 60), ("b.png", 64), ("narrow.png", 16)):
+        image = Image.new("L", (width, 32), 255)
+        image.paste(0, (4, 8, width - 4, 24))
+        image.save(folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR broken")
+    texts = {
+        "good.txt": "a.png\tAB\nb.png\tBA\n",
+        "no_delimiter.txt": "a.png\tAB\nb.png BA\n",
+        "empty_path.txt": "a.png\tAB\n\tBA\n",
+        "escape.txt": "a.png\tAB\n../../../etc/passwd\tBA\n",
+        "missing_image.txt": "a.png\tAB\nnope.png\tBA\n",
+        "corrupt_image.txt": "a.png\tAB\nbroken.png\tBA\n",
+        "empty.txt": "",
+        "duplicate.txt": "a.png\tAB\nb.png\tBA\na.png\tAB\n",
+        "empty_label.txt": "a.png\tAB\nb.png\t\n",
+        "unknown_char.txt": "a.png\tAB\nb.png\tAZ\n",
+        "too_long.txt": "a.png\tAB\nnarrow.png\tABABAB\n",
+        "bad.jsonl": '{"filename": "a.png", "text": "AB"}\n{"filename": "b.png"\n',
+        "bad.csv": "filename,words\na.png,AB\nb.png,BA,extra\n",
+        "bad.json": '{"a.png": "AB", "b.png": 7}',
+    }
+    for name, text in texts.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    (folder / "latin1.txt").write_bytes("a.png\tAB\nb.png\tBÄ\n".encode("latin-1"))
+    (folder / "a_folder.txt").mkdir()
+    import lmdb
+
+    env = lmdb.open(str(folder / "no_count.lmdb"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"image-000000001", (folder / "a.png").read_bytes())
+        txn.put(b"label-000000001", b"AB")
+    env.close()
 
 
 def _cases(run: str, files: str):
@@ -82,7 +123,7 @@ def _cases(run: str, files: str):
         ("bad scheduler", ["run", MNIST_CONFIG, "trainer.scheduler.name=poly", out], "trainer.scheduler.name"),
         ("bad device", ["run", MNIST_CONFIG, "trainer.device=tpu", out], "trainer.device"),
         ("no gpu", ["run", MNIST_CONFIG, "trainer.device=cuda", *QUICK, out], "no CUDA GPU"),
-        ("fp16 on cpu", ["run", MNIST_CONFIG, "trainer.precision=16-mixed", "trainer.device=cpu", *QUICK, out], "16-mixed needs a CUDA GPU"),
+        ("fp16 on cpu", ["run", MNIST_CONFIG, *QUICK, "trainer.precision=16-mixed", "trainer.device=cpu", out], "16-mixed needs a CUDA GPU"),
         ("section as value", ["run", MNIST_CONFIG, "trainer.optimizer=sgd", out], "expected a section"),
         ("bad collapse", ["run", MNIST_CONFIG, "model.collapse=sum", out], "model.collapse"),
         # Configs: components and their options.
@@ -138,8 +179,33 @@ def _cases(run: str, files: str):
         ("corrupt png", ["predict", run, f"{files}/broken.png"], "broken.png: cannot read it as an image"),
         ("empty png", ["predict", run, f"{files}/empty.png"], "empty.png: cannot read it as an image"),
         ("text as jpg", ["predict", run, f"{files}/notes.jpg"], "notes.jpg: cannot read it as an image"),
-        ("folder without images", ["predict", run, f"{files}/no_images"], "no .png, .jpg, .jpeg, .bmp files"),
+        ("folder without images", ["predict", run, f"{files}/no_images"], "no .png, .jpg, .jpeg, .bmp, .tif"),
         ("missing image", ["predict", run, f"{files}/nope.png"], "no such file or folder"),
+        # Own data (the `lines` dataset): each stops before a run directory is made, naming file:line.
+        *((name, ["run", LINES_CONFIG, FP32, f"data.train={files}/lines/{source}", f"data.test={files}/lines/good.txt",
+                  "data.cache=off", out, *extra], expected)
+          for name, source, extra, expected in (
+              ("labels without delimiter", "no_delimiter.txt", [], "missing delimiter (train), first {files}/lines/no_delimiter.txt:2"),
+              ("labels with empty path", "empty_path.txt", [], "empty_path.txt:2"),
+              ("image path escapes root", "escape.txt", [], "path escapes root (train), first {files}/lines/escape.txt:2"),
+              ("labelled image missing", "missing_image.txt", [], "missing image (train), first {files}/lines/missing_image.txt:2"),
+              ("labelled image corrupt", "corrupt_image.txt", [], "undecodable image (train), first {files}/lines/corrupt_image.txt:2"),
+              ("label file not utf-8", "latin1.txt", [], "not UTF-8 (train), first {files}/lines/latin1.txt:2"),
+              ("label file empty", "empty.txt", [], "empty source (train)"),
+              ("label file duplicates", "duplicate.txt", [], "duplicate (train), first {files}/lines/duplicate.txt:3"),
+              ("empty label", "empty_label.txt", [], "empty label (train), first {files}/lines/empty_label.txt:2"),
+              ("unknown character", "unknown_char.txt", ["data.charset=AB"], "unknown character (train), first {files}/lines/unknown_char.txt:2"),
+              ("unknown character dropped away", "unknown_char.txt", ["data.charset=XY", "data.unknown=drop"], "data.train: no usable samples"),
+              ("label too long for its image", "too_long.txt", ["data.val={files}/lines/good.txt"], "too_long.txt:2 (6 characters"),
+              ("label file is a folder", "a_folder.txt", [], "a_folder.txt"),
+              ("jsonl line broken", "bad.jsonl", [], "bad.jsonl:2"),
+              ("csv row too long", "bad.csv", [], "bad.csv:3"),
+              ("json value not text", "bad.json", [], "bad.json"),
+              ("lmdb without num-samples", "no_count.lmdb", [], "no num-samples"),
+          )),
+        ("data check of a bad config", ["data", f"{files}/typo.yaml"], "trainer.epoch: unknown key"),
+        ("convert without output", ["data", "convert", f"{files}/lines/good.txt"], "give SOURCE"),
+        ("convert broken labels", ["data", "convert", f"{files}/lines/no_delimiter.txt", f"{files}/out.lmdb"], "no_delimiter.txt:2"),
     ]
 
 

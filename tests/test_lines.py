@@ -204,7 +204,8 @@ def test_decoded_images_are_cached_by_content(tmp_path):
 
 
 def test_a_model_trained_from_files_reads_them_back(tmp_path, cli):
-    """Digit strings drawn in one font: 4 epochs of 1,600 images (about 40 s here) read most of them right."""
+    """Digit strings drawn in one font: 4 epochs of 1,600 images (about 35 s on a 2-core EPYC) read
+    all 200 test strings right (measured: 100% from the third epoch)."""
     rng = random.Random(0)
     folder = tmp_path / "digits"
     pairs = []
@@ -218,7 +219,7 @@ def test_a_model_trained_from_files_reads_them_back(tmp_path, cli):
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "runs" / "digits").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["final"]["test_cer"] <= 0.15, summary["final"]
+    assert summary["final"]["test_cer"] <= 0.05 and summary["final"]["test_accuracy"] >= 0.9, summary["final"]
     predicted = [json.loads(line) for line in cli("predict", run_dir, *(folder / n for n, _ in pairs[1600:1700]), "--json").out.splitlines()]
     right = sum(p["text"] == text for p, (_, text) in zip(predicted, pairs[1600:1700]))
-    assert right >= 70, predicted[:5]
+    assert right >= 90, predicted[:5]  # predict prepares the files as training did
