@@ -219,8 +219,9 @@ class Trainer:
             seen = 0
             shown_loss = None
             train_metrics = model.head.metrics()  # sampled at the steps that sync anyway
-            batches = data.train.batches(t.batch_size, shuffle=True, generator=generator)
-            for i, batch in enumerate(group.shard(itertools.islice(batches, epoch_steps)), start=1):
+            batches = itertools.islice(data.train.batches(t.batch_size, shuffle=True, generator=generator), epoch_steps)
+            # A split that decodes only this rank's share of each batch (``shards_by_rank``) is not cut again.
+            for i, batch in enumerate(batches if getattr(data.train, "shards_by_rank", False) else group.shard(batches), start=1):
                 batch = batch.to(device, non_blocking=True)
                 with autocast(device, choice.precision):
                     logits, lengths = net(batch.images, batch.widths)

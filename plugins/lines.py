@@ -20,13 +20,16 @@ stops with one line per kind of problem, and ``crnnfw data CONFIG`` lists them a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import random
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 import crnnfw
@@ -65,7 +68,7 @@ class LinesConfig:
     max_width: int = 1024  # wider images: see too_wide
     too_wide: str = "squeeze"  # squeeze (to max_width) | drop (counted) | error
     polarity: str = "auto"  # how the files are drawn: auto (per image, from its border) | dark-on-light | light-on-dark
-    cache: str = "auto"  # auto | memory (decode once, keep in memory, cache on disk) | off (decode every run)
+    cache: str = "auto"  # auto (memory when the decoded set fits a quarter of RAM, else stream) | memory | stream | off (memory, no disk cache)
     cache_dir: Optional[str] = None  # where decoded sets are cached (default: $CRNNFW_CACHE_DIR or ~/.cache/crnnfw)
     workers: int = 0  # decoding processes (0: one per core)
     augment: crnnfw.AugmentConfig = field(  # batched affine warp of training images (off by default)
@@ -75,7 +78,7 @@ class LinesConfig:
     def __post_init__(self) -> None:
         self.cache = {"False": "off", "True": "memory"}.get(str(self.cache), self.cache)  # YAML reads a bare off as false
         choices = {"case": CASES, "unknown": UNKNOWN_POLICIES, "bad_samples": ("error", "skip"), "too_wide": TOO_WIDE,
-                   "polarity": POLARITY, "cache": ("auto", "memory", "off"), "format": labels.FORMATS}
+                   "polarity": POLARITY, "cache": ("auto", "memory", "stream", "off"), "format": labels.FORMATS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: '{getattr(self, key)}' is not one of {', '.join(allowed)}")
@@ -136,15 +139,18 @@ def _sources(value: Any, key: str, config: LinesConfig) -> list[labels.Source]:
     return sources
 
 
-def _stable_key(source: labels.Source, entry: labels.Entry) -> str:
-    """The sample's path relative to its source's folder (or its LMDB record) and its label."""
+def _source_folder(source: labels.Source) -> str:
+    """The folder a source's image paths are relative to, resolved, with a trailing separator."""
+    folder = source.root or (source.path if Path(source.path).is_dir() else os.path.dirname(source.path) or ".")
+    return os.path.join(os.path.realpath(folder), "")
+
+
+def _stable_key(folder: str, entry: labels.Entry) -> str:
+    """The sample's path relative to its source's folder (or its LMDB record) and its label:
+    the same on every machine, wherever the data sits."""
     if "::" in entry.image:
         return f"{Path(entry.image.split('::')[0]).name}::{entry.image.split('::')[1]}\0{entry.text}"
-    base = Path(source.root or (source.path if Path(source.path).is_dir() else Path(source.path).parent)).resolve()
-    try:
-        relative = Path(entry.image).relative_to(base).as_posix()
-    except ValueError:
-        relative = Path(entry.image).name
+    relative = entry.image[len(folder):] if entry.image.startswith(folder) else os.path.basename(entry.image)
     return f"{relative}\0{entry.text}"
 
 
@@ -153,6 +159,7 @@ def _read_split(split: str, value: Any, config: LinesConfig, report: Report) -> 
     samples = []
     for source in sources:
         entries, problems = labels.read_source(source)
+        folder = _source_folder(source)
         for problem in problems:
             report.add(split, problem.kind, problem.where, problem.detail)
         for entry in entries:
@@ -160,7 +167,7 @@ def _read_split(split: str, value: Any, config: LinesConfig, report: Report) -> 
             if not text:
                 report.add(split, "empty label", entry.where, "the label is empty after Unicode normalisation")
                 continue
-            samples.append(Sample(entry, text, _stable_key(source, entry)))
+            samples.append(Sample(entry, text, _stable_key(folder, entry)))
     return samples, sources
 
 
@@ -253,18 +260,32 @@ def _decode_all(config: LinesConfig, spec: InputSpec, samples: dict[str, list[Sa
     if cached is not None and cached.is_file():
         try:
             stored = torch.load(cached, weights_only=True)
-            return {split: [(img if ok else None, nat, err or None) for img, nat, err, ok in zip(*stored[split])]
-                    for split in samples}, True
+            return {split: _unpack_rows(stored[split]) for split in samples}, True
         except Exception:  # a damaged or stale cache is decoded again
             pass
     return {split: _decode(found, spec, config) for split, found in samples.items()}, False
 
 
+def _unpack_rows(stored: dict[str, Any]) -> list[tuple[Tensor | None, int, str | None]]:
+    """A split's decoded rows from the cache's packed form (views into one tensor)."""
+    good = iter(zip(stored["pixels"].split(stored["widths"].tolist(), dim=-1), stored["naturals"].tolist()))
+    errors = dict(zip(stored["failed"].tolist(), stored["errors"]))
+    return [(None, 0, errors[i]) if i in errors else (*next(good), None) for i in range(len(stored["widths"]) + len(errors))]
+
+
 def _save_cache(decoded: Decoded, cached: Path) -> None:
-    """Keep decoded images for the next run (written whole, then renamed into place)."""
-    stored = {split: ([img if img is not None else torch.zeros(0, dtype=torch.uint8) for img, _, _ in rows],
-                      [nat for _, nat, _ in rows], [err or "" for _, _, err in rows], [img is not None for img, _, _ in rows])
-              for split, rows in decoded.items()}
+    """Keep decoded images for the next run, packed side by side per split (a few tensors load
+    in a blink; a tensor per image would not), written whole and then renamed into place."""
+    stored = {}
+    for split, rows in decoded.items():
+        images = [image for image, _, _ in rows if image is not None]
+        stored[split] = {
+            "pixels": torch.cat(images, dim=-1) if images else torch.zeros(0, 0, 0, dtype=torch.uint8),
+            "widths": torch.tensor([image.shape[-1] for image in images], dtype=torch.long),
+            "naturals": torch.tensor([natural for image, natural, _ in rows if image is not None], dtype=torch.long),
+            "failed": torch.tensor([i for i, (image, _, _) in enumerate(rows) if image is None], dtype=torch.long),
+            "errors": [error or "" for image, _, error in rows if image is None],
+        }
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -274,10 +295,9 @@ def _save_cache(decoded: Decoded, cached: Path) -> None:
         tmp.unlink(missing_ok=True)  # no writable cache: the next run decodes again
 
 
-def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
-    """The dataset and everything reading it found; the DataModule is None when errors remain
-    (and ``bad_samples`` is ``error``), so a check can list them all before anything trains."""
-    report = Report()
+def _labelled(config: LinesConfig, report: Report) -> tuple[dict[str, list[Sample]], dict[str, list[labels.Source]], str] | None:
+    """Every split's samples with their labels checked against the charset (None when no
+    training label could be read)."""
     samples: dict[str, list[Sample]] = {}
     sources: dict[str, list[labels.Source]] = {}
     for split in ("train", "val", "test"):
@@ -289,9 +309,8 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
         samples["val"] = [s for s, h in zip(samples["train"], held) if h]
         samples["train"] = [s for s, h in zip(samples["train"], held) if not h]
         report.notes.append(f"val: {len(samples['val']):,} samples held out of train (val_fraction {config.val_fraction}, seed {config.val_seed})")
-
     if not samples["train"] and report.errors():
-        return None, report  # no charset can come from labels that could not be read
+        return None  # no charset can come from labels that could not be read
     if config.dictionary:
         charset = read_dictionary(config.dictionary)
     elif config.charset is not None:
@@ -308,9 +327,12 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
         elif filtered.unknown:
             report.notes.append(f"{split}: {filtered.summary()}")
         samples[split] = [Sample(found[i].entry, text, found[i].key) for i, text in filtered.kept]
+    return samples, sources, charset
 
-    spec = InputSpec(config.channels, config.height, config.min_width, config.max_width, "light-on-dark", None,
-                     "squeeze" if config.too_wide == "squeeze" else "keep")
+
+def _in_memory(config: LinesConfig, spec: InputSpec, charset: str, samples: dict[str, list[Sample]],
+               sources: dict[str, list[labels.Source]], report: Report) -> dict[str, crnnfw.PackedSplit] | None:
+    """Every image decoded (or read from the cache) and packed; None when errors remain."""
     splits: dict[str, tuple[list[Tensor], list[str], list[str]]] = {}
     cached = _cache_file(config, sources, samples)
     decoded, from_cache = _decode_all(config, spec, samples, cached)
@@ -322,10 +344,8 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
                 report.add(split, "undecodable image", where, error.split(": ", 1)[-1] if error else "cannot read it")
                 continue
             if natural > config.max_width and config.too_wide != "squeeze":
-                if config.too_wide == "error":
-                    report.add(split, "too wide", where, f"{natural} px at height {config.height}, over max_width {config.max_width}")
-                    continue
-                report.add(split, "too wide (dropped)", where, f"{natural} px at height {config.height}, over max_width {config.max_width}")
+                kind = "too wide" if config.too_wide == "error" else "too wide (dropped)"
+                report.add(split, kind, where, f"{natural} px at height {config.height}, over max_width {config.max_width}")
                 continue
             if natural < config.min_width:
                 report.add(split, "narrower than min_width", where, f"{natural} px, padded to {config.min_width}")
@@ -338,23 +358,141 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
         if found:
             report.notes.append(f"{len(found)} x {kind}, first at {', '.join(p.where for p in found[:3])}")
     if report.errors() and config.bad_samples == "error":
-        return None, report  # nothing is cached for data that cannot train
+        return None  # nothing is cached for data that cannot train
     if cached is not None and not from_cache:
         _save_cache(decoded, cached)
-    if report.errors():
-        report.notes.append(f"{len(report.errors())} problem samples skipped (bad_samples: skip)")
     for split, (images, _, _) in splits.items():
         if not images:
             raise crnnfw.DataError(f"data.{split}: no usable samples; check its sources (`crnnfw data CONFIG` lists the problems)")
     transform = crnnfw.RandomAffine(config.augment) if config.augment.enabled else None
-    packed = {split: _pack(images, texts, charset, places, transform if split == "train" else None)
-              for split, (images, texts, places) in splits.items()}
+    return {split: _pack(images, texts, charset, places, transform if split == "train" else None)
+            for split, (images, texts, places) in splits.items()}
+
+
+def _estimated_bytes(samples: list[Sample], config: LinesConfig) -> int:
+    """What the decoded set would take in memory, from the sizes of up to 64 images' headers."""
+    rng = random.Random(0)
+    probe = rng.sample(samples, min(64, len(samples)))
+    widths = []
+    for sample in probe:
+        try:
+            with Image.open(io.BytesIO(labels.read_image_bytes(sample.entry))) as image:
+                width, height = image.size
+            widths.append(min(config.max_width, max(config.min_width, width * config.height / max(height, 1))))
+        except (OSError, crnnfw.CrnnfwError, ValueError):
+            continue
+    mean = sum(widths) / len(widths) if widths else config.max_width
+    return int(len(samples) * config.channels * config.height * mean)
+
+
+def _memory_budget() -> int:
+    """A quarter of this machine's memory: what ``cache: auto`` lets a decoded set take."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
+    """The dataset and everything reading it found; the DataModule is None when errors remain
+    (and ``bad_samples`` is ``error``), so a check can list them all before anything trains."""
+    report = Report()
+    found = _labelled(config, report)
+    if found is None:
+        return None, report
+    samples, sources, charset = found
+    spec = InputSpec(config.channels, config.height, config.min_width, config.max_width, "light-on-dark", None,
+                     "squeeze" if config.too_wide == "squeeze" else "keep")
+    mode = config.cache
+    if mode == "auto":
+        size = sum(_estimated_bytes(s, config) for s in samples.values())
+        mode = "memory" if size <= _memory_budget() else "stream"
+        if mode == "stream":
+            report.notes.append(f"cache auto -> stream: the decoded set would take about {size / 2**30:.1f} GiB, over a quarter of this machine's memory")
+    if mode == "stream":
+        if report.errors() and config.bad_samples == "error":
+            return None, report
+        transform = crnnfw.RandomAffine(config.augment) if config.augment.enabled else None
+        splits = {split: StreamSplit(found, charset, spec, config, transform if split == "train" else None)
+                  for split, found in samples.items()}
+        report.notes.append("streamed: images are decoded as batches need them; an unreadable one is left out of its batch and counted")
+    else:
+        splits = _in_memory(config, spec, charset, samples, sources, report)
+        if splits is None:
+            return None, report
+    if report.errors():
+        report.notes.append(f"{len(report.errors())} problem samples skipped (bad_samples: skip)")
     data = crnnfw.DataModule(
-        train=packed["train"], val=packed["val"], test=packed["test"], classes=tuple(charset), channels=config.channels,
+        train=splits["train"], val=splits["val"], test=splits["test"], classes=tuple(charset), channels=config.channels,
         height=config.height, min_width=config.min_width, max_width=config.max_width,
         polarity="light-on-dark", ink_height=None, too_wide=spec.too_wide, notes=report.notes,
     )
     return data, report
+
+
+class StreamSplit:
+    """Samples decoded as batches need them, in DataLoader worker processes: for sets larger
+    than memory. Batches group labels of similar length (a proxy for width: no image is opened
+    to sort them); under torchrun each process decodes only its own share of every training
+    batch (``shards_by_rank``). An image that cannot be read is left out of its batch and
+    counted in ``failures``."""
+
+    chunk_batches = 16
+    shards_by_rank = True
+
+    def __init__(self, samples: list[Sample], charset: str, spec: InputSpec, config: LinesConfig, transform) -> None:
+        if not samples:
+            raise crnnfw.DataError("the dataset split is empty")
+        self.samples, self.spec, self.config, self.transform = samples, spec, config, transform
+        self.index = {c: i for i, c in enumerate(charset)}
+        self.lengths = torch.tensor([len(s.text) for s in samples])
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _groups(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> list[Tensor]:
+        if not shuffle:
+            return list(self.lengths.argsort(stable=True).split(batch_size))
+        order = torch.randperm(len(self), generator=generator)
+        chunk = batch_size * self.chunk_batches
+        groups = []
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            groups += list(part[self.lengths[part].argsort(stable=True)].split(batch_size))
+        return [groups[g] for g in torch.randperm(len(groups), generator=generator).tolist()]
+
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None):
+        groups = self._groups(batch_size, shuffle, generator)
+        if shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            groups = [g[rank * -(-len(g) // world) : (rank + 1) * -(-len(g) // world)] for g in groups]
+            groups = [g for g in groups if len(g)]
+        loader = torch.utils.data.DataLoader(_Decoder(self.samples, self.spec, self.config.polarity),
+                                             batch_sampler=[g.tolist() for g in groups], collate_fn=self._collate,
+                                             num_workers=self.config.workers or os.cpu_count() or 1)
+        for batch, failures in loader:
+            self.failures += failures
+            if batch is None:
+                continue
+            images = batch.images.float().div_(255.0)
+            if self.transform is not None:
+                images = self.transform(images, generator)
+            yield replace(batch, images=images)
+
+    def _collate(self, rows: list[tuple[int, Tensor | None, int, str | None]]) -> tuple[crnnfw.Batch | None, int]:
+        """Decoded samples as one uint8 batch, right-padded; and how many failed to decode."""
+        good = [(i, image) for i, image, _, error in rows if image is not None]
+        if not good:
+            return None, len(rows)
+        widths = torch.tensor([image.shape[-1] for _, image in good])
+        images = torch.zeros(len(good), self.spec.channels, self.spec.height, int(widths.max()), dtype=torch.uint8)
+        texts = [self.samples[i].text for i, _ in good]
+        targets = torch.zeros(len(good), max(len(t) for t in texts), dtype=torch.long)
+        for row, ((_, image), text) in enumerate(zip(good, texts)):
+            images[row, ..., : image.shape[-1]] = image
+            targets[row, : len(text)] = torch.tensor([self.index[c] for c in text])
+        return crnnfw.Batch(images, widths, targets, torch.tensor([len(t) for t in texts])), len(rows) - len(good)
 
 
 def lines_data(config: LinesConfig) -> crnnfw.DataModule:

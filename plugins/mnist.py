@@ -188,6 +188,10 @@ def mnist_data(config: MNISTConfig) -> crnnfw.DataModule:
     """The ``mnist`` dataset factory."""
     arrays = load_mnist(config.root)
     cut = len(arrays["train_images"]) - config.val_size
+    if cut < 1:
+        raise crnnfw.DataError(
+            f"data.val_size: {config.val_size} is not below the {len(arrays['train_images'])} training images; lower it"
+        )
 
     def split(name: str, part: slice, limit: int, transform) -> crnnfw.TensorSplit:
         images, labels = arrays[f"{name}_images"][part], arrays[f"{name}_labels"][part]

@@ -40,10 +40,13 @@ def test_idx_files_in_root_are_read(tmp_path):
     }
     for i, (name, tensor) in enumerate(subset.items()):
         write_idx(raw / (name + (".gz" if i % 2 else "")), tensor, compress=bool(i % 2))
-    data = mnist_data(MNISTConfig(root=str(tmp_path)))
-    assert len(data.train) == 50 and len(data.test) == 20
+    with pytest.raises(DataError, match="data.val_size: 5000 is not below the 50 training images"):
+        mnist_data(MNISTConfig(root=str(tmp_path)))
+    data = mnist_data(MNISTConfig(root=str(tmp_path), val_size=10))
+    assert len(data.train) == 40 and len(data.val) == 10 and len(data.test) == 20
     assert torch.equal(data.test.images[:, 0], arrays["test_images"][:20])
-    assert torch.equal(data.train.targets, arrays["train_labels"][:50])
+    assert torch.equal(data.train.targets, arrays["train_labels"][:40])
+    assert torch.equal(data.val.targets, arrays["train_labels"][40:50])  # the last of the training set, as MNIST's usual cut
 
 
 def test_missing_or_broken_idx_gives_a_clear_error(tmp_path):

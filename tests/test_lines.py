@@ -186,9 +186,11 @@ def test_too_wide_images_squeeze_drop_or_error(tmp_path, cli):
 
 def test_decoded_images_are_cached_by_content(tmp_path):
     folder = tmp_path / "cached"
-    source = tsv(folder / "labels.txt", labelled(folder, ["AB", "BA", "ABBA"]))
+    pairs = labelled(folder, ["AB", "BA", "ABBA"])
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    source = tsv(folder / "labels.txt", [pairs[0], ("broken.png", "AB"), *pairs[1:]])
     cache = tmp_path / "cache"
-    overrides = [f"data.train={source}", f"data.val={source}", f"data.test={source}", f"data.cache_dir={cache}"]
+    overrides = [f"data.train={source}", f"data.val={source}", f"data.test={source}", f"data.cache_dir={cache}", "data.bad_samples=skip"]
 
     def build():
         return build_data(config.resolve(config.load(LINES_CONFIG, overrides), get_registry()), get_registry())
@@ -197,7 +199,8 @@ def test_decoded_images_are_cached_by_content(tmp_path):
     (stored,) = cache.glob("lines-*.pt")
     again = build()
     assert list(cache.glob("lines-*.pt")) == [stored]
-    assert torch.equal(first.test.pixels, again.test.pixels)
+    assert torch.equal(first.test.pixels, again.test.pixels) and again.test.places == first.test.places
+    assert len(again.test) == 3 and any("problem samples skipped" in note for note in again.notes)  # the broken one, counted
     render(folder / "w000.png", "AB", ink=120)  # same file, new content
     changed = build()
     assert len(list(cache.glob("lines-*.pt"))) == 2 and not torch.equal(changed.test.pixels, first.test.pixels)
