@@ -253,7 +253,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     cfg = _resolved(args.config, args.overrides)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / cfg.name / "data-check"
-    result = check_data(cfg, get_host().registry, out)
+    result = check_data(cfg, get_host().registry, out, source=args.config)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
         return 0 if result.ok else 1
@@ -275,7 +275,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         console.print(f"[red]{problem.split}: {escape(problem.kind)}[/red] {escape(problem.where)}: {escape(problem.detail)}", highlight=False)
     for picture in result.pictures:
         console.print(f"wrote {picture}", highlight=False)
-    console.print(f"{len(result.problems)} problems" if result.problems else "no problems", highlight=False)
+    count = len(result.problems)
+    console.print(f"{count} problem{'s' if count != 1 else ''}" if count else "no problems", highlight=False)
     return 0 if result.ok else 1
 
 
@@ -320,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(func=cmd_eval)
 
-    predict = sub.add_parser("predict", help="read the text in image files (any format Pillow reads; in folders: PNG, JPEG, BMP)")
+    predict = sub.add_parser("predict", help="read the text in image files (any format Pillow reads; in folders: PNG, JPEG, BMP, TIFF, WebP)")
     predict.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
     predict.add_argument("paths", nargs="+", metavar="PATH")
     predict.add_argument("--json", action="store_true", help="one JSON object per file")

@@ -22,7 +22,7 @@ from . import pictures
 from .data import SPLITS, DataModule, build_data
 from .errors import CrnnfwError, DataProblems, Problem
 from .evaluation import Example
-from .model import assemble
+from .model import assemble, check_model
 from .registry import Registry
 
 #: Splits without their samples in memory (composed on the fly) are summarised from this many.
@@ -94,8 +94,9 @@ def _label_fit(model: Any, split: Any, name: str) -> list[Problem]:
     ]
 
 
-def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None) -> DataCheck:
-    """Read the data a resolved config names and check it against the model it builds."""
+def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None, source: str = "config") -> DataCheck:
+    """Read the data a resolved config names and check it against the model it builds
+    (``source``, the config file, names the model's problems)."""
     result = DataCheck()
     try:
         data = build_data(cfg, registry)
@@ -121,11 +122,12 @@ def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None) -> 
             result.charset = {classes[i]: counts.get(i, 0) for i in range(len(classes))}
     try:
         model = assemble(cfg, registry, channels=data.channels, height=data.height, classes=data.classes)
+        for name in SPLITS:
+            result.problems += _label_fit(model, getattr(data, name), name)
+        if not result.problems:  # the build-time check: stage contracts, labels of splits composed on the fly
+            check_model(model, data)
     except CrnnfwError as exc:
-        result.problems.append(Problem("model", "model", "model", str(exc)))
-        return result
-    for name in SPLITS:
-        result.problems += _label_fit(model, getattr(data, name), name)
+        result.problems.append(Problem("model", "check", source, str(exc)))
     if out is not None:
         result.pictures.append(str(samples_png(data, out / "samples.png")))
     return result

@@ -63,9 +63,10 @@ class Problem:
 
 class DataProblems(DataError):
     """The data has errors: the message has one line per kind of problem, with its count and
-    first places; ``problems`` holds every one (``crnnfw data CONFIG`` lists them all)."""
+    first places; ``problems`` holds every one (``crnnfw data CONFIG`` lists them all).
+    ``hint`` (optional) says what else the user can do, e.g. which option skips such samples."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], hint: str = "") -> None:
         self.problems = problems
         by_kind: dict[str, list[Problem]] = {}
         for problem in problems:
@@ -75,5 +76,5 @@ class DataProblems(DataError):
             splits = ", ".join(sorted({p.split for p in found}))
             first = "; ".join(f"{p.where}: {p.detail}" for p in found[:3])
             lines.append(f"data: {len(found)} x {kind} ({splits}), first {first}")
-        lines[-1] += " (`crnnfw data CONFIG` lists every problem; data.bad_samples=skip leaves such samples out)"
+        lines[-1] += f" (`crnnfw data CONFIG` lists every problem{'; ' + hint if hint else ''})"
         super().__init__("\n".join(lines))

@@ -82,7 +82,8 @@ def crnnfw_register_datasets(register: Register) -> None:
 
     Factory signature: ``factory(config) -> DataModule``: a :class:`crnnfw.DataModule` holding
     ``train``, ``val`` and ``test`` splits that yield :class:`crnnfw.Batch` objects (without a
-    ``val`` the engine holds one out of a :class:`crnnfw.TensorSplit` ``train``; the best
+    ``val`` the engine holds one out of a ``train`` that can be subset, such as a
+    :class:`crnnfw.TensorSplit` or :class:`crnnfw.PackedSplit`; the best
     checkpoint is chosen on ``val``, ``test`` is only reported), the vocabulary ``classes``,
     the image ``channels`` and ``height``, the range of widths (``min_width``, ``max_width``)
     and, for sequence labels composed on the fly, ``narrowest``: for each label length, the

@@ -195,7 +195,7 @@ def _check_label_fit(model: Model, split: Any, name: str, stage) -> None:
         for i in failing[:3]
     )
     raise ModelError(
-        f"{len(failing)} {name} labels are too long for their image width: {stage('backbone')} gives fewer steps than "
+        f"{len(failing)} {name} label{'s are' if len(failing) != 1 else ' is'} too long for {'their' if len(failing) != 1 else 'its'} image width: {stage('backbone')} gives fewer steps than "
         f"{stage('head')} needs, first at {shown}. Pool less along the width (model.backbone.pools), use wider images "
         "or shorter labels"
     )

@@ -52,4 +52,4 @@ def crnnfw_register_datasets(register):
     register("lines", lines_data, config=LinesConfig,
              description="Labelled image files: path<TAB>text files, file names, CSV, JSON, JSON lines or LMDB; any charset")
     register("multidigit", multidigit_data, config=MultiDigitConfig,
-             description="Variable-width strings of MNIST digits (1-8 by default; train digits for train, test digits for test)")
+             description="Variable-width strings of MNIST digits (1-8 by default; val from held-out train digits, test from test digits)")

@@ -55,8 +55,8 @@ class LinesConfig:
     root: Optional[str] = None  # folder image paths are relative to (default: each label file's folder)
     delimiter: str = "\t"  # tsv: between path and label, split on its first occurrence (MMOCR, trdg: " ")
     name_separator: str = "_"  # folder: "7H3K_0042.png" is labelled "7H3K"
-    val_fraction: float = 0.1
-    val_seed: int = 0
+    val_fraction: float = 0.1  # without val: this share of train is held out, chosen by a hash of each sample's path and label
+    val_seed: int = 0  # changes which samples the hash holds out
     charset: Optional[str] = None  # the characters the model reads (unset: every character of the training labels)
     dictionary: Optional[str] = None  # or a file of one character per line (<space> for a space)
     case: str = "keep"  # keep | lower | upper, applied to every label (after Unicode NFC)
@@ -499,5 +499,5 @@ def lines_data(config: LinesConfig) -> crnnfw.DataModule:
     """The ``lines`` dataset factory: stops with one line per kind of problem found."""
     data, report = read_lines(config)
     if data is None:
-        raise crnnfw.DataProblems(report.errors())
+        raise crnnfw.DataProblems(report.errors(), hint="data.bad_samples=skip leaves such samples out")
     return data

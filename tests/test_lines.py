@@ -226,3 +226,23 @@ def test_a_model_trained_from_files_reads_them_back(tmp_path, cli):
     predicted = [json.loads(line) for line in cli("predict", run_dir, *(folder / n for n, _ in pairs[1600:1700]), "--json").out.splitlines()]
     right = sum(p["text"] == text for p, (_, text) in zip(predicted, pairs[1600:1700]))
     assert right >= 90, predicted[:5]  # predict prepares the files as training did
+
+
+def test_streamed_batches_decode_as_they_go_and_cover_the_split(tmp_path):
+    folder = tmp_path / "stream"
+    pairs = labelled(folder, [f"{i:02d}" * (1 + i % 3) for i in range(40)])
+    (folder / "broken.png").write_bytes(b"not an image")
+    source = tsv(folder / "labels.txt", [*pairs, ("broken.png", "11")])
+    overrides = [f"data.train={source}", f"data.val={source}", f"data.test={source}", "data.cache=stream", "data.workers=2"]
+    data = build_data(config.resolve(config.load(LINES_CONFIG, overrides), get_registry()), get_registry())
+    batches = list(data.train.batches(8, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    texts = sorted(t for b in batches for t in b.target_texts(data.classes))
+    assert texts == sorted(text for _, text in pairs)  # every readable sample once; the broken one left out
+    assert data.train.failures == 1 and any("streamed" in note for note in data.notes)
+    for batch in batches:
+        assert batch.images.shape[2] == 32 and batch.images.shape[-1] == int(batch.widths.max())
+        lengths = batch.target_lengths.tolist()
+        assert max(lengths) - min(lengths) <= 2  # grouped by label length
+    memory = build_data(config.resolve(config.load(LINES_CONFIG, [*overrides[:3], "data.cache=auto", "data.bad_samples=skip",
+                                                                  f"data.cache_dir={tmp_path / 'cache'}"]), get_registry()), get_registry())
+    assert type(memory.train).__name__ == "PackedSplit"  # a small set fits in memory

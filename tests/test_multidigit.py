@@ -156,8 +156,8 @@ def test_sequence_metrics():
 
 
 def test_short_ctc_training_run(tmp_path, cli):
-    """Strings of 1-3 digits: 3 epochs of 6,000 strings (about 25 s here) read 97% of characters right."""
-    result = cli("run", CTC_CONFIG, FP32, "data.max_digits=3", "data.train_size=6000", "data.val_size=500", "data.test_size=500",
+    """Strings of 1-3 digits: 3 epochs of 4,500 strings (about 45 s on a 2-core EPYC) read 96% of characters right."""
+    result = cli("run", CTC_CONFIG, FP32, "data.max_digits=3", "data.train_size=4500", "data.val_size=500", "data.test_size=500",
                  "trainer.epochs=3", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "ctc").iterdir()
@@ -165,4 +165,5 @@ def test_short_ctc_training_run(tmp_path, cli):
     final = summary["final"]
     assert final["test_cer"] <= 0.06  # about 0.03 here
     assert {"test_accuracy", "test_ned", "test_accuracy_len1", "test_accuracy_len3"} <= set(final)
-    assert "test_cer" in result.out.splitlines()[1] or "test_cer" in result.out
+    header = next(line for line in result.out.splitlines() if "train_loss" in line)
+    assert "val_cer" in header and "test_accuracy" in header  # the table shows val's CER, and test's figure beside it

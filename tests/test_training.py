@@ -49,7 +49,7 @@ def test_checkpoints_are_plain_and_complete(short_run):
     assert last["config"]["model"]["backbone"]["name"] == "cnn"
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "best", "crnnfw_version", "format_version"} <= set(last)
     assert last["input"] == {"channels": 1, "height": 28, "min_width": 28, "max_width": 28, "polarity": "light-on-dark",
-                             "ink_height": 20 / 28}
+                             "ink_height": 20 / 28, "too_wide": "keep"}
     assert last["decoding"] == {"decoder": "argmax", "classes": json.dumps(list("0123456789"))}
     assert best["epoch"] == best["best"]["epoch"]
     assert not list((short_run / "checkpoints").glob("*.tmp"))
@@ -109,8 +109,11 @@ def test_fast_recipe_reaches_99_percent(tmp_path):
     assert len(rows) == 1 and rows[0]["test_accuracy"] >= 0.99
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, cli):
-    """trainer.compile=default trains the same model (to float rounding) and checkpoints keep plain names."""
+    """trainer.compile=default trains the same model (to float rounding) and checkpoints keep plain names.
+
+    Slow: compiling for the CPU takes most of a minute on 2 cores."""
     fast = MNIST_CONFIG.with_name("mnist_fast.yaml")
     small = [FP32, "data.train_limit=8192", "data.val_size=2000", "data.test_limit=2000", f"output_dir={tmp_path}"]
     rows = {}
