@@ -39,24 +39,25 @@ def only_problem(path: Path, **options) -> Problem:
     return problems[0]
 
 
-def write_samples(fmt: str, folder: Path, files: dict[str, Path]) -> Path:
+def write_samples(fmt: str, folder: Path, files: dict[str, Path], samples: list[tuple[str, str]] = SAMPLES) -> Path:
+    """``samples`` ((image name, label) pairs) as a label source of format ``fmt`` in ``folder``."""
     if fmt == "tsv":
         path = folder / "labels.txt"
-        path.write_text("".join(f"{name}\t{text}\n" for name, text in SAMPLES), encoding="utf-8")
+        path.write_text("".join(f"{name}\t{text}\n" for name, text in samples), encoding="utf-8")
     elif fmt == "csv":
         path = folder / "labels.csv"
         with path.open("w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([("filename", "words"), *SAMPLES])
+            csv.writer(f).writerows([("filename", "words"), *samples])
     elif fmt == "json":
         path = folder / "labels.json"
-        path.write_text(json.dumps(dict(SAMPLES), ensure_ascii=False), encoding="utf-8")
+        path.write_text(json.dumps(dict(samples), ensure_ascii=False), encoding="utf-8")
     elif fmt == "jsonl":
         path = folder / "labels.jsonl"
-        lines = [json.dumps({"filename": name, "text": text}, ensure_ascii=False) for name, text in SAMPLES]
+        lines = [json.dumps({"filename": name, "text": text}, ensure_ascii=False) for name, text in samples]
         path.write_text("\n".join(lines), encoding="utf-8")
     else:
         path = folder / "train.lmdb"
-        write_lmdb(((files[name].read_bytes(), text) for name, text in SAMPLES), path)
+        write_lmdb(((files[name].read_bytes(), text) for name, text in samples), path)
     return path
 
 

@@ -4,7 +4,6 @@ charset and its policies, the val split, image kinds, width policies, the decode
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
@@ -19,6 +18,7 @@ from crnnfw.data import build_data
 from crnnfw.plugins import get_registry
 
 from .conftest import FP32, ROOT
+from .test_labels import write_samples
 
 LINES_CONFIG = ROOT / "configs" / "lines_ctc.yaml"
 FONT = ImageFont.load_default(size=22)
@@ -62,18 +62,8 @@ def words(tmp_path) -> tuple[Path, list[tuple[str, str]]]:
 @pytest.mark.parametrize("fmt", ["tsv", "csv", "json", "jsonl", "folder", "lmdb"])
 def test_every_format_reads_the_same_samples(fmt, words, tmp_path, cli):
     folder, pairs = words
-    if fmt == "tsv":
-        source = tsv(folder / "labels.txt", pairs)
-    elif fmt == "csv":
-        source = folder / "labels.csv"
-        with source.open("w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([("filename", "words"), *pairs])
-    elif fmt == "json":
-        source = folder / "labels.json"
-        source.write_text(json.dumps(dict(pairs), ensure_ascii=False), encoding="utf-8")
-    elif fmt == "jsonl":
-        source = folder / "labels.jsonl"
-        source.write_text("\n".join(json.dumps({"filename": n, "text": t}, ensure_ascii=False) for n, t in pairs), encoding="utf-8")
+    if fmt in ("tsv", "csv", "json", "jsonl"):
+        source = write_samples(fmt, folder, {}, pairs)
     elif fmt == "folder":
         source = tmp_path / "named"
         source.mkdir()
