@@ -80,7 +80,9 @@ def measure(labels: Path, cache: Path, mode: str, walk: bool) -> dict:
     overrides = [f"data.train={labels}", f"data.test={labels.with_name('test.txt')}", f"data.cache={mode}", f"data.cache_dir={cache}",
                  "data.max_width=800"]
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(overrides), str(ROOT / "configs" / "lines_ctc.yaml"),
-                          "pass" if walk else "no"], capture_output=True, text=True, check=True)
+                          "pass" if walk else "no"], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"lines_data: the {mode} measurement failed: {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -264,7 +264,12 @@ def cmd_data(args: argparse.Namespace) -> int:
                                               for name, info in result.splits.items()]))
         ranked = sorted(result.charset.items(), key=lambda item: -item[1])
         console.print(f"charset: {len(result.charset)} characters: " + escape("".join(result.charset)), highlight=False)
-        console.print(_rows_table("train frequencies", [{"char": repr(c), "count": n} for c, n in ranked]))
+        shown = ranked if len(ranked) <= 60 else ranked[:50]  # a CJK charset has thousands: the commonest, then the count
+        console.print(_rows_table("train frequencies" + (f" (the 50 commonest of {len(ranked)}; --json has all)" if shown is not ranked else ""),
+                                  [{"char": repr(c), "count": n} for c, n in shown]))
+        unused = [c for c, n in ranked if n == 0]
+        if unused:
+            console.print(f"never in the training labels: {escape(''.join(unused))!r}", highlight=False)
         for key, title in (("label_lengths", "label length"), ("widths", "image width (px)")):
             rows = [{"split": name, title: span, "samples": count} for name, info in result.splits.items() for span, count in info.get(key, [])]
             if rows:

@@ -25,7 +25,12 @@ BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
 
 
 class Split(Protocol):
-    """What the trainer needs of a split."""
+    """What the trainer needs of a split.
+
+    A split may also have ``epoch_report() -> str | None``: what went wrong while it produced
+    the last epoch's batches (samples it had to leave out), which the trainer logs and keeps in
+    the summary's ``data_notes``.
+    """
 
     def __len__(self) -> int: ...
 

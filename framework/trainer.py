@@ -248,6 +248,11 @@ class Trainer:
                         )
                 out.step(i, len(batch) * group.world, shown_loss, scheduler.get_last_lr()[0])
             out.end_epoch()
+            report = getattr(data.train, "epoch_report", None)
+            trouble = report() if callable(report) else None
+            if trouble:
+                out.info(f"data: epoch {epoch}: {trouble}")
+                data.notes.append(f"epoch {epoch}: {trouble}")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the epoch's time includes the work still queued on the GPU
             epoch_seconds = time.perf_counter() - epoch_start
@@ -345,9 +350,10 @@ class Trainer:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             pictures.draw_run(run_dir, history, evaluation, monitor.main, data.classes)
         final, main = history[-1], monitor.main
+        best_test = (best.get("test") or {}).get(main)  # absent in runs begun before val splits existed
         out.info(
-            f"best val {main} {best['value']:.4f} (epoch {best['epoch']}, test {best['test'][main]:.4f}), "
-            f"final val {final[f'val_{main}']:.4f}, test {final[f'test_{main}']:.4f}; run directory: {run_dir}"
+            f"best val {main} {best['value']:.4f} (epoch {best['epoch']}" + (f", test {best_test:.4f}" if best_test is not None else "")
+            + f"), final val {final.get(f'val_{main}', math.nan):.4f}, test {final[f'test_{main}']:.4f}; run directory: {run_dir}"
         )
         return FitResult(run_dir, summary)
 

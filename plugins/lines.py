@@ -124,11 +124,9 @@ def _sources(value: Any, key: str, config: LinesConfig) -> list[labels.Source]:
     sources = []
     for item in items:
         options = dict(item) if isinstance(item, dict) else {"path": item}
-        unknown = set(options) - {"path", "format", "root", "delimiter", "name_separator", "image_key", "text_key"}
-        if unknown or not isinstance(options.get("path"), str):
-            raise crnnfw.DataError(
-                f"data.{key}: each source is a path or a mapping with path (and format, root, delimiter, name_separator); got {item!r}"
-            )
+        allowed = ("path", "format", "root", "delimiter", "name_separator", "image_key", "text_key")
+        if set(options) - set(allowed) or not isinstance(options.get("path"), str):
+            raise crnnfw.DataError(f"data.{key}: each source is a path or a mapping with path (and {', '.join(allowed[1:])}); got {item!r}")
         options.setdefault("format", config.format)
         options.setdefault("root", config.root)
         options.setdefault("delimiter", config.delimiter)
@@ -202,12 +200,18 @@ def _decode(samples: list[Sample], spec: InputSpec, config: LinesConfig) -> list
     decoder = _Decoder(samples, spec, config.polarity)
     if workers == 1 or len(samples) < 256:
         return [decoder[i][1:] for i in range(len(samples))]
-    loader = torch.utils.data.DataLoader(decoder, batch_size=64, num_workers=workers, collate_fn=list)
+    loader = torch.utils.data.DataLoader(decoder, batch_size=64, num_workers=workers, collate_fn=_by_value)
     out: list[Any] = [None] * len(samples)
     for chunk in loader:
         for index, image, natural, error in chunk:
-            out[index] = (image, natural, error)
+            out[index] = (torch.from_numpy(image) if image is not None else None, natural, error)
     return out
+
+
+def _by_value(rows: list[tuple[int, Tensor | None, int, str | None]]) -> list[tuple[int, Any, int, str | None]]:
+    """Worker results with images as numpy arrays: pickled by value. Tensors would travel as
+    shared memory, one file descriptor each, and a set of 100,000 kept images runs out of them."""
+    return [(i, image.numpy() if image is not None else None, natural, error) for i, image, natural, error in rows]
 
 
 def _pack(images: list[Tensor], texts: list[str], classes: str, places: list[str], transform) -> crnnfw.PackedSplit:
@@ -447,9 +451,17 @@ class StreamSplit:
         self.index = {c: i for i, c in enumerate(charset)}
         self.lengths = torch.tensor([len(s.text) for s in samples])
         self.failures = 0
+        self.reported = 0
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def epoch_report(self) -> str | None:
+        """How many images could not be read since the last report (the trainer logs it)."""
+        new, self.reported = self.failures - self.reported, self.failures
+        if not new:
+            return None
+        return f"{new} images could not be decoded and were left out of their batches" if new > 1 else "1 image could not be decoded and was left out of its batch"
 
     def _groups(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> list[Tensor]:
         if not shuffle:

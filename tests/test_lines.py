@@ -229,6 +229,8 @@ def test_streamed_batches_decode_as_they_go_and_cover_the_split(tmp_path):
     texts = sorted(t for b in batches for t in b.target_texts(data.classes))
     assert texts == sorted(text for _, text in pairs)  # every readable sample once; the broken one left out
     assert data.train.failures == 1 and any("streamed" in note for note in data.notes)
+    assert data.train.epoch_report() == "1 image could not be decoded and was left out of its batch"
+    assert data.train.epoch_report() is None  # each failure is reported once
     for batch in batches:
         assert batch.images.shape[2] == 32 and batch.images.shape[-1] == int(batch.widths.max())
         lengths = batch.target_lengths.tolist()
