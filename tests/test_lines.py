@@ -207,8 +207,8 @@ def test_a_model_trained_from_files_reads_them_back(tmp_path, cli):
         render(folder / f"{i:04d}.png", text, ink=rng.randint(0, 80), paper=rng.randint(180, 255))
         pairs.append((f"{i:04d}.png", text))
     train, test = tsv(folder / "train.txt", pairs[:1600]), tsv(folder / "test.txt", pairs[1600:])
-    result = cli("run", LINES_CONFIG, FP32, f"data.train={train}", f"data.test={test}", "trainer.epochs=4", "trainer.batch_size=32",
-                 "model.encoder.num_layers=1", f"output_dir={tmp_path / 'runs'}", "name=digits")
+    result = cli("run", LINES_CONFIG, FP32, f"data.train={train}", f"data.test={test}", "trainer.epochs=4",
+                 f"output_dir={tmp_path / 'runs'}", "name=digits")
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "runs" / "digits").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
