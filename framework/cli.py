@@ -249,6 +249,8 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     if args.config == "convert":
         return _convert(args)
+    if args.config == "render":
+        return _render(args)
     from .datacheck import check_data
 
     cfg = _resolved(args.config, args.overrides)
@@ -297,6 +299,22 @@ def _convert(args: argparse.Namespace) -> int:
         raise CrnnfwError("\n".join(f"data convert: {p.where}: {p.kind}: {p.detail}" for p in problems))
     count = labels.write_lmdb(((labels.read_image_bytes(e), e.text) for e in entries), Path(out))
     print(f"wrote {out}: {count:,} samples (clovaai LMDB: num-samples, image-%09d, label-%09d)")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    """``crnnfw data render CONFIG OUT_DIR N [KEY=VALUE ...]``: samples as image files plus labels."""
+    from .data import build_data
+    from .render import render_split
+
+    positional = [a for a in args.overrides if "=" not in a]
+    if len(positional) != 3 or not positional[2].isdigit() or int(positional[2]) < 1:
+        raise CrnnfwError("data render: give CONFIG OUT_DIR N (a count >= 1), e.g. crnnfw data render configs/multidigit_ctc.yaml digits/ 1000")
+    config, out, count = positional
+    cfg = _resolved(config, [a for a in args.overrides if "=" in a])
+    data = build_data(cfg, get_host().registry)
+    written = render_split(data, Path(out), int(count), args.split)
+    print(f"wrote {written:,} {args.split} samples to {out}: images/*.png and labels.txt (path<TAB>text; train on them with data.name=lines)")
     return 0
 
 
@@ -361,14 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     show_component.set_defaults(func=cmd_plugins_show)
 
     data = sub.add_parser("data", help="check a dataset before training: counts, charset, histograms, every problem and samples.png "
-                                       "(exit 1 on errors); `data convert SOURCE OUT_DIR` writes an LMDB")
-    data.add_argument("config", metavar="CONFIG|convert", help="YAML config; or `convert` followed by SOURCE OUT_DIR")
+                                       "(exit 1 on errors); `data convert SOURCE OUT_DIR` writes an LMDB; "
+                                       "`data render CONFIG OUT_DIR N` writes samples as image files")
+    data.add_argument("config", metavar="CONFIG|convert|render", help="YAML config; or `convert` SOURCE OUT_DIR; or `render` CONFIG OUT_DIR N")
     data.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (for convert: SOURCE OUT_DIR)")
     data.add_argument("--out", metavar="DIR", help="where samples.png goes (default: OUTPUT_DIR/NAME/data-check)")
     data.add_argument("--json", action="store_true", help="machine-readable output")
     data.add_argument("--format", choices=("auto", "tsv", "folder", "csv", "json", "jsonl", "lmdb"), default="auto", help="convert: the source's format")
     data.add_argument("--root", help="convert: the folder image paths are relative to (default: the label file's)")
     data.add_argument("--delimiter", default="\t", help="convert: between path and label in a tsv file (default: a tab)")
+    data.add_argument("--split", choices=("train", "val", "test"), default="train", help="render: the split to write")
     data.set_defaults(func=cmd_data)
 
     scaffold = sub.add_parser("new-plugin", help="write a ready backbone plugin package")

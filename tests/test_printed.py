@@ -1,0 +1,73 @@
+"""The ``printed`` dataset (text rendered offline with TrueType fonts) and ``crnnfw data render``."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+from PIL import ImageFont
+
+from crnnfw import DataError, config
+from crnnfw.data import build_data
+from crnnfw.plugins import get_registry
+from crnnfw_plugins.printed import PrintedConfig, coverage, printed_data
+
+from .conftest import ROOT
+
+LINES_CONFIG = ROOT / "configs" / "lines_ctc.yaml"
+SMALL = ["data.name=printed", "data.train_size=64", "data.val_size=16", "data.test_size=24", "data.workers=1"]
+DIGEST = """
+import hashlib
+from crnnfw import config
+from crnnfw.data import build_data
+from crnnfw.plugins import get_registry
+cfg = config.resolve(config.load({path!r}, {overrides!r}), get_registry())
+data = build_data(cfg, get_registry())
+print(hashlib.sha256(data.test.pixels.numpy().tobytes() + repr(data.test.targets.tolist()).encode()).hexdigest())
+"""
+
+
+def test_the_test_split_is_the_same_in_another_process():
+    cfg = config.resolve(config.load(LINES_CONFIG, SMALL), get_registry())
+    data = build_data(cfg, get_registry())
+    here = hashlib.sha256(data.test.pixels.numpy().tobytes() + repr(data.test.targets.tolist()).encode()).hexdigest()
+    there = subprocess.run([sys.executable, "-c", DIGEST.format(path=str(LINES_CONFIG), overrides=SMALL)],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert here == there
+    assert len(data.test) == 24 and data.test.pixels.shape[1] == 32 and len(data.classes) >= 70
+    batch = next(data.train.batches(16, shuffle=True))
+    assert batch.images.shape[0] == 16 and float(batch.images.max()) > 0.5  # light ink on dark, like every dataset
+
+
+def test_glyph_coverage_is_checked_so_no_box_is_drawn(tmp_path):
+    builtin = ImageFont.load_default(size=24)
+    assert coverage(builtin, "Ab 1数") == {"A", "b", " ", "1"}  # Pillow's font has no CJK glyph
+    empty = tmp_path / "no_fonts"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no font has a glyph for every character"):
+        printed_data(PrintedConfig(charset="AB数", fonts=str(empty), train_size=4, val_size=2, test_size=2))
+    data = printed_data(PrintedConfig(charset="AB", fonts=str(empty), train_size=4, val_size=2, test_size=2))
+    assert any("Pillow's built-in font" in note for note in data.notes)  # said, not silent
+    lines = tmp_path / "text.txt"
+    lines.write_text("AB\n数字\nBA\n", encoding="utf-8")
+    data = printed_data(PrintedConfig(text_file=str(lines), fonts=str(empty), train_size=4, val_size=4, test_size=4))
+    assert set(data.classes) == {"A", "B"} and any("1 of 3 text lines left out" in note for note in data.notes)
+
+
+def test_render_writes_files_the_lines_dataset_reads_back(tmp_path, cli):
+    out = tmp_path / "rendered"
+    result = cli("data", "render", LINES_CONFIG, out, "20", *SMALL, "--split", "test")
+    assert result.code == 0, result.err
+    pairs = [line.split("\t", 1) for line in (out / "labels.txt").read_text(encoding="utf-8").splitlines()]
+    assert len(pairs) == 20 and all((out / name).is_file() for name, _ in pairs)
+    cfg = config.resolve(config.load(LINES_CONFIG, SMALL), get_registry())
+    original = build_data(cfg, get_registry()).test
+    assert [text for _, text in pairs] == original.batch(original.widths.argsort(stable=True)[:20]).target_texts(
+        build_data(cfg, get_registry()).classes)
+    again = cli("data", "render", LINES_CONFIG, out, "20", *SMALL)
+    assert again.code != 0 and "already exists" in again.err
+    read = cli("data", LINES_CONFIG, f"data.train={out / 'labels.txt'}", f"data.val={out / 'labels.txt'}",
+               f"data.test={out / 'labels.txt'}", f"output_dir={tmp_path / 'runs'}", "--json")
+    assert read.code == 0, read.out
