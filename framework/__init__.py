@@ -13,7 +13,7 @@ import os
 # It must be set before torch loads its OpenMP runtime; an explicit setting wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
-from .augment import AugmentConfig, RandomAffine  # noqa: E402  (after the OpenMP setting)
+from .augment import AugmentConfig, RandomAffine, TextAugment, TextAugmentConfig  # noqa: E402  (after the OpenMP setting)
 from .batch import Batch
 from .data import BatchTransform, DataModule, PackedSplit, Split, TensorSplit
 from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, DataProblems, ModelError, PluginError, Problem, TrainingError
@@ -47,6 +47,8 @@ __all__ = [
     "SequenceEncoder",
     "Split",
     "TensorSplit",
+    "TextAugment",
+    "TextAugmentConfig",
     "TrainingError",
     "__version__",
     "build_model",

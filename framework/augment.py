@@ -66,3 +66,107 @@ def sampling_grid(theta: Tensor, height: int, width: int) -> Tensor:
     t = theta[:, :, :, None, None]  # (N, 2, 3, 1, 1): each output coordinate's three coefficients
     grid = t[:, :, 0] * xs + t[:, :, 1] * ys[:, None] + t[:, :, 2]  # (N, 2, H, W)
     return grid.permute(0, 2, 3, 1)
+
+
+@dataclass
+class TextAugmentConfig:
+    """Augmentation for text lines, each part off at 0: small rotation, shear and perspective,
+    horizontal and vertical scale, ink thickness, blur, noise, contrast and gamma, inversion.
+    Every part is drawn per sample and applied to the whole batch at once; each sample keeps
+    its width, and its padding stays background."""
+
+    enabled: bool = False
+    rotate: float = 1.5  # degrees, in [-rotate, rotate]
+    shear: float = 10.0  # degrees of slant, in [-shear, shear]
+    perspective: float = 0.06  # how much taller one end of a line may get than the other (fraction)
+    scale_x: float = 0.12  # horizontal scale in [1 - scale_x, 1]: narrower only, so no character leaves the sample's width
+    scale_y: float = 0.1  # vertical scale in [1 - scale_y, 1 + scale_y]
+    thickness: float = 0.3  # probability of thicker or thinner ink (3 x 3 dilation or erosion, half each)
+    blur: float = 0.3  # probability of a Gaussian blur (sigma 0.5 to 1.2 px)
+    noise: float = 0.05  # Gaussian noise, standard deviation up to this
+    contrast: float = 0.3  # ink intensity scaled in [1 - contrast, 1]
+    gamma: float = 0.3  # gamma in [1 - gamma, 1 + gamma]
+    invert: float = 0.0  # probability of inverting a sample (polarity mistakes in the wild)
+
+    def __post_init__(self) -> None:
+        for key in ("rotate", "shear", "perspective", "scale_x", "scale_y", "noise", "contrast", "gamma"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"augment.{key} must be >= 0")
+        if max(self.scale_x, self.scale_y, self.contrast, self.gamma) >= 1:
+            raise ValueError("augment.scale_x, scale_y, contrast and gamma must be below 1")
+        for key in ("thickness", "blur", "invert"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"augment.{key} is a probability in [0, 1]")
+
+
+class TextAugment:
+    """Applies :class:`TextAugmentConfig` to a float batch ``(N, C, H, W)`` in [0, 1] with its
+    widths (light ink on a dark background, as every crnnfw dataset holds images)."""
+
+    uses_widths = True  # splits pass each sample's width (see PackedSplit.batches)
+
+    def __init__(self, config: TextAugmentConfig) -> None:
+        self.config = config
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None, widths: Tensor | None = None) -> Tensor:
+        cfg, (n, c, h, w) = self.config, images.shape
+        widths = widths if widths is not None else torch.full((n,), w)
+
+        def uniform(spread: float, centre: float = 0.0) -> Tensor:
+            return ((torch.rand(n, generator=generator) * 2 - 1) * spread + centre).to(images.device)
+
+        def chance(p: float) -> Tensor:
+            return (torch.rand(n, generator=generator) < p).to(images.device)
+
+        # Geometry in pixels about each sample's own centre, then normalised for grid_sample.
+        angle, slant = uniform(cfg.rotate) * (math.pi / 180), torch.tan(uniform(cfg.shear) * (math.pi / 180))
+        sx, sy, tilt = uniform(cfg.scale_x / 2, 1.0 - cfg.scale_x / 2), uniform(cfg.scale_y, 1.0), uniform(cfg.perspective)
+        cx = (widths.to(images.device, images.dtype) / 2)[:, None, None]
+        cy = h / 2
+        xs = torch.arange(w, device=images.device, dtype=images.dtype)[None, None, :] + 0.5 - cx
+        ys = torch.arange(h, device=images.device, dtype=images.dtype)[None, :, None] + 0.5 - cy
+        cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+        rx, ry = cos * xs + sin * ys, -sin * xs + cos * ys  # where each output pixel comes from, rotated
+        ry = ry / sy[:, None, None] / (1 + tilt[:, None, None] * xs / (2 * cx))  # perspective: height varies along x
+        rx = rx / sx[:, None, None] + slant[:, None, None] * ry
+        grid = torch.stack([(rx + cx) * 2 / w - 1, (ry + cy) * 2 / h - 1], dim=-1)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+        if cfg.thickness:
+            thick, thicker = chance(cfg.thickness), chance(0.5)
+            for chosen, grow in ((thick & thicker, True), (thick & ~thicker, False)):
+                index = chosen.nonzero().squeeze(1)
+                if len(index):
+                    out[index] = _morph(out[index], grow)
+        if cfg.blur:
+            sigma = uniform(0.35, 0.85).clamp(min=0.3)
+            taps = torch.arange(-2, 3, device=images.device, dtype=images.dtype)
+            kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None] ** 2))
+            kernel = kernel / kernel.sum(1, keepdim=True)
+            kernel = torch.where(chance(cfg.blur)[:, None], kernel, (taps == 0).to(images.dtype)[None])  # unblurred: identity
+            weight = (kernel[:, :, None] * kernel[:, None, :]).repeat_interleave(c, 0)[:, None]  # (N*C, 1, 5, 5)
+            out = F.conv2d(out.reshape(1, n * c, h, w), weight, padding=2, groups=n * c).reshape(n, c, h, w)
+        if cfg.gamma:
+            out = out.clamp(min=0).pow(uniform(cfg.gamma, 1.0)[:, None, None, None])
+        if cfg.contrast:
+            out = out * uniform(cfg.contrast / 2, 1 - cfg.contrast / 2)[:, None, None, None]
+        if cfg.noise:
+            std = torch.rand(n, generator=generator).to(images.device) * cfg.noise
+            out = out + torch.randn(out.shape, generator=generator).to(images.device) * std[:, None, None, None]
+        out = out.clamp(0, 1)
+        if cfg.invert:
+            out = torch.where(chance(cfg.invert)[:, None, None, None], 1 - out, out)
+        inside = torch.arange(w, device=images.device)[None, :] < widths.to(images.device)[:, None]
+        return out * inside[:, None, None, :].to(out.dtype)  # padding stays background
+
+
+def _morph(images: Tensor, grow: bool) -> Tensor:
+    """3 x 3 dilation (``grow``) or erosion, as two separable passes of neighbour maxima or
+    minima: a stride-1 max-pool costs ten times more on CPUs."""
+    pick = torch.maximum if grow else torch.minimum
+    fill = 0.0 if grow else 1.0
+    for dim in (-1, -2):
+        size = images.shape[dim]
+        padded = F.pad(images, (1, 1, 0, 0) if dim == -1 else (0, 0, 1, 1), value=fill)
+        images = pick(pick(padded.narrow(dim, 0, size), padded.narrow(dim, 1, size)), padded.narrow(dim, 2, size))
+    return images

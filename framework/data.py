@@ -39,6 +39,14 @@ class Split(Protocol):
         ...
 
 
+def apply_transform(transform: BatchTransform, batch: Batch, generator: torch.Generator | None) -> Tensor:
+    """``transform`` on the batch's images; one that declares ``uses_widths`` also gets each
+    sample's width, so it can keep the padding background."""
+    if getattr(transform, "uses_widths", False):
+        return transform(batch.images, generator, widths=batch.widths)
+    return transform(batch.images, generator)
+
+
 def on_device(split: Split, device: torch.device) -> Split:
     """The split with its data moved to ``device`` once, when it knows how (``split.to``); a
     split without that method (one that composes samples on the fly) is left on the host and
@@ -169,10 +177,8 @@ class TensorSplit:
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
             raw = whole.select(idx, crop=crop)  # uint8, padding cut
-            images = raw.images.float().div_(255.0)
-            if self.transform is not None:
-                images = self.transform(images, generator)
-            yield replace(raw, images=images)
+            batch = replace(raw, images=raw.images.float().div_(255.0))
+            yield replace(batch, images=apply_transform(self.transform, batch, generator)) if self.transform is not None else batch
 
 
 class PackedSplit:
@@ -239,7 +245,7 @@ class PackedSplit:
         for index in ordered:
             batch = self.batch(index)
             if self.transform is not None:
-                batch = replace(batch, images=self.transform(batch.images, generator))
+                batch = replace(batch, images=apply_transform(self.transform, batch, generator))
             yield batch
 
 

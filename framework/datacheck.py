@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 from . import pictures
 from .data import SPLITS, DataModule, build_data
 from .errors import CrnnfwError, DataProblems, Problem
-from .evaluation import Example
 from .model import assemble, check_model
 from .registry import Registry
 
@@ -129,14 +128,5 @@ def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None, sou
     except CrnnfwError as exc:
         result.problems.append(Problem("model", "check", source, str(exc)))
     if out is not None:
-        result.pictures.append(str(samples_png(data, out / "samples.png")))
+        result.pictures.append(str(pictures.samples_png(data, out / "samples.png")))
     return result
-
-
-def samples_png(data: DataModule, path: Path, count: int = 32) -> Path:
-    """Training images as the model sees them (augmented, in its polarity), with their labels."""
-    batch = next(iter(data.train.batches(count, shuffle=True, generator=torch.Generator().manual_seed(0))))
-    texts = batch.target_texts(data.classes)
-    examples = [Example(batch.images[i, ..., : int(batch.widths[i])].cpu(), text, text, 1.0) for i, text in enumerate(texts)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return pictures.predictions_png(examples, path, title=f"train samples as the model sees them ({data.height} px high), with their labels")

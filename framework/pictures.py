@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .evaluation import Evaluation, Example
+
+if TYPE_CHECKING:
+    from .data import DataModule
 
 WHITE, BLACK, GREY, LIGHT = (255, 255, 255), (20, 20, 20), (120, 120, 120), (225, 225, 225)
 GREEN, RED, BLUE, ORANGE = (20, 130, 60), (200, 30, 30), (31, 119, 180), (255, 127, 14)
@@ -159,3 +162,12 @@ def draw_evaluation(folder: Path, evaluation: Evaluation, classes: Sequence[str]
 def draw_run(run_dir: Path, history: Sequence[dict[str, Any]], evaluation: Evaluation, main: str, classes: Sequence[str]) -> list[Path]:
     """Every picture of a finished run: predictions and confusion of the final model, and the curves."""
     return [*draw_evaluation(run_dir, evaluation, classes), curves_png(history, main, run_dir / "curves.png")]
+
+
+def samples_png(data: "DataModule", path: Path, count: int = 32) -> Path:
+    """Training images as the model sees them (augmented, in its polarity), with their labels."""
+    batch = next(iter(data.train.batches(count, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    texts = batch.target_texts(data.classes)
+    examples = [Example(batch.images[i, ..., : int(batch.widths[i])].cpu(), text, text, 1.0) for i, text in enumerate(texts)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return predictions_png(examples, path, title=f"train samples as the model sees them ({data.height} px high), with their labels")

@@ -349,6 +349,7 @@ class Trainer:
         if group.main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             pictures.draw_run(run_dir, history, evaluation, monitor.main, data.classes)
+            pictures.samples_png(data, run_dir / "samples.png")  # training images as augmented, as the model saw them
         final, main = history[-1], monitor.main
         best_test = (best.get("test") or {}).get(main)  # absent in runs begun before val splits existed
         out.info(

@@ -34,7 +34,7 @@ from torch import Tensor
 
 import crnnfw
 from crnnfw.charset import CASES, UNKNOWN_POLICIES, apply_charset, build_charset, normalise, read_dictionary
-from crnnfw.data import InputSpec
+from crnnfw.data import InputSpec, apply_transform
 from crnnfw.images import load_pixels, prepare, scaled_width
 
 from . import labels
@@ -71,9 +71,7 @@ class LinesConfig:
     cache: str = "auto"  # auto (memory when the decoded set fits a quarter of RAM, else stream) | memory | stream | off (memory, no disk cache)
     cache_dir: Optional[str] = None  # where decoded sets are cached (default: $CRNNFW_CACHE_DIR or ~/.cache/crnnfw)
     workers: int = 0  # decoding processes (0: one per core)
-    augment: crnnfw.AugmentConfig = field(  # batched affine warp of training images (off by default)
-        default_factory=lambda: crnnfw.AugmentConfig(enabled=False, degrees=2.0, translate=0.02, scale_min=0.95, scale_max=1.05, shear=5.0)
-    )
+    augment: crnnfw.TextAugmentConfig = field(default_factory=crnnfw.TextAugmentConfig)  # text-line augmentation of training batches (off by default)
 
     def __post_init__(self) -> None:
         self.cache = {"False": "off", "True": "memory"}.get(str(self.cache), self.cache)  # YAML reads a bare off as false
@@ -368,7 +366,7 @@ def _in_memory(config: LinesConfig, spec: InputSpec, charset: str, samples: dict
     for split, (images, _, _) in splits.items():
         if not images:
             raise crnnfw.DataError(f"data.{split}: no usable samples; check its sources (`crnnfw data CONFIG` lists the problems)")
-    transform = crnnfw.RandomAffine(config.augment) if config.augment.enabled else None
+    transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
     return {split: _pack(images, texts, charset, places, transform if split == "train" else None)
             for split, (images, texts, places) in splits.items()}
 
@@ -416,7 +414,7 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
     if mode == "stream":
         if report.errors() and config.bad_samples == "error":
             return None, report
-        transform = crnnfw.RandomAffine(config.augment) if config.augment.enabled else None
+        transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
         splits = {split: StreamSplit(found, charset, spec, config, transform if split == "train" else None)
                   for split, found in samples.items()}
         report.notes.append("streamed: images are decoded as batches need them; an unreadable one is left out of its batch and counted")
@@ -487,10 +485,8 @@ class StreamSplit:
             self.failures += failures
             if batch is None:
                 continue
-            images = batch.images.float().div_(255.0)
-            if self.transform is not None:
-                images = self.transform(images, generator)
-            yield replace(batch, images=images)
+            batch = replace(batch, images=batch.images.float().div_(255.0))
+            yield replace(batch, images=apply_transform(self.transform, batch, generator)) if self.transform is not None else batch
 
     def _collate(self, rows: list[tuple[int, Tensor | None, int, str | None]]) -> tuple[crnnfw.Batch | None, int]:
         """Decoded samples as one uint8 batch, right-padded; and how many failed to decode."""

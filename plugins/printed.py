@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -52,6 +52,7 @@ class PrintedConfig:
     val_seed: int = 11
     test_seed: int = 12
     workers: int = 0  # rendering processes for training lines (0: one per core)
+    augment: crnnfw.TextAugmentConfig = field(default_factory=crnnfw.TextAugmentConfig)  # on top of the rendering's own variety
 
     def __post_init__(self) -> None:
         if not self.charset or len(set(self.charset)) != len(self.charset):
@@ -169,7 +170,7 @@ class _Stream(torch.utils.data.Dataset):
         return image.numpy(), text  # by value: see lines._by_value
 
 
-def _pack(rows: list[tuple[torch.Tensor, str]], classes: str) -> crnnfw.PackedSplit:
+def _pack(rows: list[tuple[torch.Tensor, str]], classes: str, transform=None) -> crnnfw.PackedSplit:
     index = {c: i for i, c in enumerate(classes)}
     images = [image for image, _ in rows]
     widths = torch.tensor([image.shape[-1] for image in images])
@@ -177,7 +178,7 @@ def _pack(rows: list[tuple[torch.Tensor, str]], classes: str) -> crnnfw.PackedSp
     for row, (_, text) in enumerate(rows):
         targets[row, : len(text)] = torch.tensor([index[c] for c in text])
     lengths = torch.tensor([len(t) for _, t in rows])
-    return crnnfw.PackedSplit(torch.cat(images, dim=-1), widths.cumsum(0) - widths, widths, targets, lengths)
+    return crnnfw.PackedSplit(torch.cat(images, dim=-1), widths.cumsum(0) - widths, widths, targets, lengths, transform=transform)
 
 
 class RenderedSplit:
@@ -186,8 +187,8 @@ class RenderedSplit:
 
     chunk_batches = 16
 
-    def __init__(self, renderer: Renderer, classes: str) -> None:
-        self.renderer, self.classes = renderer, classes
+    def __init__(self, renderer: Renderer, classes: str, transform=None) -> None:
+        self.renderer, self.classes, self.transform = renderer, classes, transform
 
     def __len__(self) -> int:
         return self.renderer.config.train_size
@@ -198,7 +199,7 @@ class RenderedSplit:
         workers = self.renderer.config.workers or os.cpu_count() or 1
         loader = torch.utils.data.DataLoader(stream, batch_size=batch_size * self.chunk_batches, num_workers=workers, collate_fn=list)
         for chunk in loader:
-            packed = _pack([(torch.from_numpy(image), text) for image, text in chunk], self.classes)
+            packed = _pack([(torch.from_numpy(image), text) for image, text in chunk], self.classes, self.transform)
             for batch in packed.batches(batch_size, shuffle=shuffle, generator=generator):
                 yield batch
 
@@ -240,6 +241,6 @@ def printed_data(config: PrintedConfig) -> crnnfw.DataModule:
     val, test = fixed(config.val_seed, config.val_size), fixed(config.test_seed, config.test_size)
     widest = int(max(val.widths.max(), test.widths.max()))
     return crnnfw.DataModule(
-        train=RenderedSplit(renderer, classes), val=val, test=test, classes=tuple(classes), channels=1, height=config.height,
+        train=RenderedSplit(renderer, classes, crnnfw.TextAugment(config.augment) if config.augment.enabled else None), val=val, test=test, classes=tuple(classes), channels=1, height=config.height,
         min_width=8, max_width=2 * widest, notes=notes,
     )

@@ -94,3 +94,24 @@ def test_the_augmentation_grid_is_affine_grids(size):
     theta = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(0))
     expected = torch.nn.functional.affine_grid(theta, [6, 1, *size], align_corners=False)
     assert torch.allclose(sampling_grid(theta, *size), expected, atol=1e-5)
+
+
+def test_text_augmentation_keeps_widths_range_and_background_padding():
+    from crnnfw import TextAugment, TextAugmentConfig
+
+    images = torch.zeros(16, 1, 32, 120)
+    widths = torch.randint(40, 121, (16,), generator=torch.Generator().manual_seed(0))
+    for i, width in enumerate(widths.tolist()):
+        images[i, :, 10:22, 4 : width - 4] = 0.9  # a bar of ink inside each sample's own width
+    augment = TextAugment(TextAugmentConfig(enabled=True, invert=0.5, thickness=1.0, blur=1.0))
+    out = augment(images, torch.Generator().manual_seed(1), widths=widths)
+    assert out.shape == images.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    for i, width in enumerate(widths.tolist()):
+        assert float(out[i, ..., width:].abs().sum()) == 0  # padding stays background
+        assert float(out[i, ..., :width].sum()) > 0
+    assert not torch.allclose(out, images)
+    same = TextAugment(TextAugmentConfig(enabled=True, rotate=0, shear=0, perspective=0, scale_x=0, scale_y=0, thickness=0,
+                                         blur=0, noise=0, contrast=0, gamma=0, invert=0))
+    assert torch.allclose(same(images, torch.Generator().manual_seed(1), widths=widths), images, atol=1e-5)  # every part off-able
+    again = augment(images, torch.Generator().manual_seed(1), widths=widths)
+    assert torch.equal(out, again)  # drawn from the generator alone: resumable
