@@ -91,6 +91,8 @@ def load_pixels(source: str | Path | bytes, name: str | None = None) -> np.ndarr
                 array = _pixels(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name}: refused, too many pixels ({first_line(exc)})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: cannot read it as an image (not a format Pillow reads)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: cannot read it as an image ({first_line(exc)})") from None
     if array.shape[0] < 1 or array.shape[1] < 1:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 import crnnfw
@@ -341,24 +341,13 @@ def _in_memory(config: LinesConfig, spec: InputSpec, charset: str, samples: dict
     for split, rows in decoded.items():
         images, texts, places = [], [], []
         for sample, (image, natural, error) in zip(samples[split], rows):
-            where = sample.entry.where
-            if image is None:
-                report.add(split, "undecodable image", where, error.split(": ", 1)[-1] if error else "cannot read it")
+            if not _fits(split, sample, natural if image is not None else None, error, config, report):
                 continue
-            if natural > config.max_width and config.too_wide != "squeeze":
-                kind = "too wide" if config.too_wide == "error" else "too wide (dropped)"
-                report.add(split, kind, where, f"{natural} px at height {config.height}, over max_width {config.max_width}")
-                continue
-            if natural < config.min_width:
-                report.add(split, "narrower than min_width", where, f"{natural} px, padded to {config.min_width}")
             images.append(image)
             texts.append(sample.text)
-            places.append(where)
+            places.append(sample.entry.where)
         splits[split] = (images, texts, places)
-    for kind in WARNINGS:
-        found = [p for p in report.problems if p.kind == kind]
-        if found:
-            report.notes.append(f"{len(found)} x {kind}, first at {', '.join(p.where for p in found[:3])}")
+    _note_warnings(report)
     if report.errors() and config.bad_samples == "error":
         return None  # nothing is cached for data that cannot train
     if cached is not None and not from_cache:
@@ -369,6 +358,70 @@ def _in_memory(config: LinesConfig, spec: InputSpec, charset: str, samples: dict
     transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
     return {split: _pack(images, texts, charset, places, transform if split == "train" else None)
             for split, (images, texts, places) in splits.items()}
+
+
+def _fits(split: str, sample: Sample, natural: int | None, error: str | None, config: LinesConfig, report: Report) -> bool:
+    """Whether a sample whose image is ``natural`` px wide at the model's height (None: it
+    could not be read) is kept; what is wrong with it goes into the report."""
+    where = sample.entry.where
+    if natural is None:
+        report.add(split, "undecodable image", where, error.split(": ", 1)[-1] if error else "cannot read it")
+        return False
+    if natural > config.max_width and config.too_wide != "squeeze":
+        kind = "too wide" if config.too_wide == "error" else "too wide (dropped)"
+        report.add(split, kind, where, f"{natural} px at height {config.height}, over max_width {config.max_width}")
+        return False
+    if natural < config.min_width:
+        report.add(split, "narrower than min_width", where, f"{natural} px, padded to {config.min_width}")
+    return True
+
+
+def _note_warnings(report: Report) -> None:
+    """A counted note for each kind of warning (they do not stop a run)."""
+    for kind in WARNINGS:
+        found = [p for p in report.problems if p.kind == kind]
+        if found:
+            report.notes.append(f"{len(found)} x {kind}, first at {', '.join(p.where for p in found[:3])}")
+
+
+class _Sizes(torch.utils.data.Dataset):
+    """Each image's width at the model's height, from its header alone (EXIF rotation counted)."""
+
+    def __init__(self, samples: list[Sample], spec: InputSpec) -> None:
+        self.samples, self.spec = samples, spec
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[int | None, str | None]:
+        entry = self.samples[index].entry
+        try:
+            with Image.open(io.BytesIO(labels.read_image_bytes(entry))) as image:
+                width, height = image.size
+                if image.getexif().get(0x0112) in (5, 6, 7, 8):  # turned a quarter: upright it is the other way round
+                    width, height = height, width
+        except UnidentifiedImageError:
+            return None, f"{entry.where}: cannot read it as an image (not a format Pillow reads)"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, crnnfw.CrnnfwError) as exc:
+            return None, f"{entry.where}: cannot read it as an image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        return scaled_width(height, width, self.spec), None
+
+
+def _measured(split: str, samples: list[Sample], spec: InputSpec, config: LinesConfig,
+              report: Report) -> tuple[list[Sample], Tensor]:
+    """The samples a streamed split keeps and their widths as training will see them, read from
+    the images' headers in worker processes: so width policies, batching by width and the
+    label-fit check work as for a set held in memory."""
+    workers = config.workers or os.cpu_count() or 1
+    sizes = _Sizes(samples, spec)
+    rows = ([sizes[i] for i in range(len(samples))] if workers == 1 or len(samples) < 256 else
+            [row for chunk in torch.utils.data.DataLoader(sizes, batch_size=256, num_workers=workers, collate_fn=list) for row in chunk])
+    kept, widths = [], []
+    for sample, (natural, error) in zip(samples, rows):
+        if _fits(split, sample, natural, error, config, report):
+            kept.append(sample)
+            widths.append(min(max(natural, config.min_width), config.max_width) if config.too_wide == "squeeze" else max(natural, config.min_width))
+    return kept, torch.tensor(widths, dtype=torch.long)
 
 
 def _estimated_bytes(samples: list[Sample], config: LinesConfig) -> int:
@@ -412,12 +465,18 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
         if mode == "stream":
             report.notes.append(f"cache auto -> stream: the decoded set would take about {size / 2**30:.1f} GiB, over a quarter of this machine's memory")
     if mode == "stream":
+        transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
+        splits = {}
+        for split, found in samples.items():
+            kept, widths = _measured(split, found, spec, config, report)
+            if not kept:
+                raise crnnfw.DataError(f"data.{split}: no usable samples; check its sources (`crnnfw data CONFIG` lists the problems)")
+            splits[split] = StreamSplit(kept, widths, charset, spec, config, transform if split == "train" else None)
+        _note_warnings(report)
         if report.errors() and config.bad_samples == "error":
             return None, report
-        transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
-        splits = {split: StreamSplit(found, charset, spec, config, transform if split == "train" else None)
-                  for split, found in samples.items()}
-        report.notes.append("streamed: images are decoded as batches need them; an unreadable one is left out of its batch and counted")
+        report.notes.append("streamed: images are decoded as batches need them (their sizes were read up front); "
+                            "an image that cannot be decoded then is left out of its batch and counted")
     else:
         splits = _in_memory(config, spec, charset, samples, sources, report)
         if splits is None:
@@ -434,20 +493,26 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
 
 class StreamSplit:
     """Samples decoded as batches need them, in DataLoader worker processes: for sets larger
-    than memory. Batches group labels of similar length (a proxy for width: no image is opened
-    to sort them); under torchrun each process decodes only its own share of every training
-    batch (``shards_by_rank``). An image that cannot be read is left out of its batch and
-    counted in ``failures``."""
+    than memory. Each image's width was read from its header when the data was built
+    (``widths``), so batches group images of similar width, and ``widths``, ``targets``,
+    ``target_lengths`` and ``places`` let the engine check every label against its width as for
+    a set in memory. Under torchrun each process decodes only its own share of every training
+    batch (``shards_by_rank``). An image that cannot be decoded when its batch is made is left
+    out of it and counted in ``failures`` (see :meth:`epoch_report`)."""
 
     chunk_batches = 16
     shards_by_rank = True
 
-    def __init__(self, samples: list[Sample], charset: str, spec: InputSpec, config: LinesConfig, transform) -> None:
+    def __init__(self, samples: list[Sample], widths: Tensor, charset: str, spec: InputSpec, config: LinesConfig, transform) -> None:
         if not samples:
             raise crnnfw.DataError("the dataset split is empty")
-        self.samples, self.spec, self.config, self.transform = samples, spec, config, transform
+        self.samples, self.widths, self.spec, self.config, self.transform = samples, widths, spec, config, transform
         self.index = {c: i for i, c in enumerate(charset)}
-        self.lengths = torch.tensor([len(s.text) for s in samples])
+        self.target_lengths = torch.tensor([len(s.text) for s in samples])
+        self.targets = torch.zeros(len(samples), int(self.target_lengths.max()), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            self.targets[row, : len(sample.text)] = torch.tensor([self.index[c] for c in sample.text])
+        self.places = [s.entry.where for s in samples]
         self.failures = 0
         self.reported = 0
 
@@ -463,13 +528,13 @@ class StreamSplit:
 
     def _groups(self, batch_size: int, shuffle: bool, generator: torch.Generator | None) -> list[Tensor]:
         if not shuffle:
-            return list(self.lengths.argsort(stable=True).split(batch_size))
+            return list(self.widths.argsort(stable=True).split(batch_size))
         order = torch.randperm(len(self), generator=generator)
         chunk = batch_size * self.chunk_batches
         groups = []
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
-            groups += list(part[self.lengths[part].argsort(stable=True)].split(batch_size))
+            groups += list(part[self.widths[part].argsort(stable=True)].split(batch_size))
         return [groups[g] for g in torch.randperm(len(groups), generator=generator).tolist()]
 
     def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None):

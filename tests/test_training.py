@@ -99,8 +99,10 @@ def test_default_recipe_reaches_99_3_percent(tmp_path):
     assert summary["train_seconds"] <= 15 * 60
 
 
+@pytest.mark.slow
 def test_fast_recipe_reaches_99_percent(tmp_path):
-    """configs/mnist_fast.yaml: 99% on the 10,000 MNIST test images after one epoch (about 15 s here)."""
+    """configs/mnist_fast.yaml: 99% on the 10,000 MNIST test images after one epoch (22 s of fp32 on a 2-core
+    AVX2 EPYC, 6 s of bf16 on an AMX Xeon): slow, to keep `make test` within 10 minutes on the EPYC."""
     from crnnfw.cli import main
 
     assert main(["run", str(MNIST_CONFIG.with_name("mnist_fast.yaml")), FP32, f"output_dir={tmp_path}"]) == 0
