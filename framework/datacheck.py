@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import pictures
-from .data import SPLITS, DataModule, build_data
+from .data import SPLITS, build_data
 from .errors import CrnnfwError, DataProblems, Problem
 from .model import assemble, check_model
 from .registry import Registry

@@ -30,7 +30,7 @@ while importing or registering is reported, not fatal (unless ``CRNNFW_STRICT_PL
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import pluggy
 
