@@ -19,7 +19,7 @@ MNIST_CONFIG = ROOT / "configs" / "mnist_crnn.yaml"
 #: Tests train in fp32 unless they test another precision on purpose: ``auto`` would pick bf16
 #: on CPUs with bf16 units, and the accuracy bars below were set in fp32.
 FP32 = "trainer.precision=32-true"
-SUBSET = [FP32, "data.train_limit=8000", "data.val_size=2000", "data.test_limit=2000", "trainer.epochs=3", "trainer.batch_size=64", "trainer.log_every=20"]
+SUBSET = [FP32, "data.train_limit=8000", "data.val_size=1000", "data.test_limit=2000", "trainer.epochs=3", "trainer.batch_size=64", "trainer.log_every=20"]
 
 
 @pytest.fixture(scope="session")
