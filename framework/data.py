@@ -181,6 +181,16 @@ class TensorSplit:
             yield replace(batch, images=apply_transform(self.transform, batch, generator)) if self.transform is not None else batch
 
 
+def encode_labels(texts: list[str], classes: str | tuple[str, ...]) -> tuple[Tensor, Tensor]:
+    """Label texts as class ids right-padded to the longest ``(N, L)``, and their lengths ``(N,)``."""
+    index = {c: i for i, c in enumerate(classes)}
+    lengths = torch.tensor([len(t) for t in texts], dtype=torch.long)
+    targets = torch.zeros(len(texts), int(lengths.max()) if len(texts) else 0, dtype=torch.long)
+    for row, text in enumerate(texts):
+        targets[row, : len(text)] = torch.tensor([index[c] for c in text], dtype=torch.long)
+    return targets, lengths
+
+
 class PackedSplit:
     """Images of many widths held side by side in one uint8 tensor ``(C, H, total width)``,
     with each sample's offset and width, and label sequences: in-memory data whose widths vary
@@ -204,6 +214,14 @@ class PackedSplit:
         self.targets, self.target_lengths = targets, target_lengths
         self.transform = transform
         self.places = places
+
+    @classmethod
+    def from_images(cls, images: list[Tensor], texts: list[str], classes: str | tuple[str, ...], *,
+                    transform: BatchTransform | None = None, places: list[str] | None = None) -> "PackedSplit":
+        """A split of uint8 ``(C, H, W_i)`` images and their label texts over ``classes``."""
+        widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.long)
+        targets, lengths = encode_labels(texts, classes)
+        return cls(torch.cat(images, dim=-1), widths.cumsum(0) - widths, widths, targets, lengths, transform=transform, places=places)
 
     def __len__(self) -> int:
         return len(self.widths)

@@ -34,7 +34,7 @@ from torch import Tensor
 
 import crnnfw
 from crnnfw.charset import CASES, UNKNOWN_POLICIES, apply_charset, build_charset, normalise, read_dictionary
-from crnnfw.data import InputSpec, apply_transform
+from crnnfw.data import InputSpec, apply_transform, encode_labels
 from crnnfw.images import load_pixels, prepare, scaled_width
 
 from . import labels
@@ -212,18 +212,6 @@ def _by_value(rows: list[tuple[int, Tensor | None, int, str | None]]) -> list[tu
     return [(i, image.numpy() if image is not None else None, natural, error) for i, image, natural, error in rows]
 
 
-def _pack(images: list[Tensor], texts: list[str], classes: str, places: list[str], transform) -> crnnfw.PackedSplit:
-    index = {c: i for i, c in enumerate(classes)}
-    widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.long)
-    offsets = widths.cumsum(0) - widths
-    longest = max(len(t) for t in texts)
-    targets = torch.zeros(len(texts), longest, dtype=torch.long)
-    for row, text in enumerate(texts):
-        targets[row, : len(text)] = torch.tensor([index[c] for c in text])
-    lengths = torch.tensor([len(t) for t in texts], dtype=torch.long)
-    return crnnfw.PackedSplit(torch.cat(images, dim=-1), offsets, widths, targets, lengths, transform=transform, places=places)
-
-
 def _cache_key(config: LinesConfig, sources: dict[str, list[labels.Source]], samples: dict[str, list[Sample]]) -> str:
     """A digest of everything the decoded images depend on: the label files' bytes, each
     image's path, size and modification time, and the preprocessing options."""
@@ -356,7 +344,7 @@ def _in_memory(config: LinesConfig, spec: InputSpec, charset: str, samples: dict
         if not images:
             raise crnnfw.DataError(f"data.{split}: no usable samples; check its sources (`crnnfw data CONFIG` lists the problems)")
     transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
-    return {split: _pack(images, texts, charset, places, transform if split == "train" else None)
+    return {split: crnnfw.PackedSplit.from_images(images, texts, charset, transform=transform if split == "train" else None, places=places)
             for split, (images, texts, places) in splits.items()}
 
 
@@ -507,11 +495,7 @@ class StreamSplit:
         if not samples:
             raise crnnfw.DataError("the dataset split is empty")
         self.samples, self.widths, self.spec, self.config, self.transform = samples, widths, spec, config, transform
-        self.index = {c: i for i, c in enumerate(charset)}
-        self.target_lengths = torch.tensor([len(s.text) for s in samples])
-        self.targets = torch.zeros(len(samples), int(self.target_lengths.max()), dtype=torch.long)
-        for row, sample in enumerate(samples):
-            self.targets[row, : len(sample.text)] = torch.tensor([self.index[c] for c in sample.text])
+        self.targets, self.target_lengths = encode_labels([s.text for s in samples], charset)
         self.places = [s.entry.where for s in samples]
         self.failures = 0
         self.reported = 0
@@ -560,12 +544,11 @@ class StreamSplit:
             return None, len(rows)
         widths = torch.tensor([image.shape[-1] for _, image in good])
         images = torch.zeros(len(good), self.spec.channels, self.spec.height, int(widths.max()), dtype=torch.uint8)
-        texts = [self.samples[i].text for i, _ in good]
-        targets = torch.zeros(len(good), max(len(t) for t in texts), dtype=torch.long)
-        for row, ((_, image), text) in enumerate(zip(good, texts)):
+        for row, (_, image) in enumerate(good):
             images[row, ..., : image.shape[-1]] = image
-            targets[row, : len(text)] = torch.tensor([self.index[c] for c in text])
-        return crnnfw.Batch(images, widths, targets, torch.tensor([len(t) for t in texts])), len(rows) - len(good)
+        index = torch.tensor([i for i, _ in good])
+        lengths = self.target_lengths[index]
+        return crnnfw.Batch(images, widths, self.targets[index, : int(lengths.max())], lengths), len(rows) - len(good)
 
 
 def lines_data(config: LinesConfig) -> crnnfw.DataModule:

@@ -171,14 +171,7 @@ class _Stream(torch.utils.data.Dataset):
 
 
 def _pack(rows: list[tuple[torch.Tensor, str]], classes: str, transform=None) -> crnnfw.PackedSplit:
-    index = {c: i for i, c in enumerate(classes)}
-    images = [image for image, _ in rows]
-    widths = torch.tensor([image.shape[-1] for image in images])
-    targets = torch.zeros(len(rows), max(len(t) for _, t in rows), dtype=torch.long)
-    for row, (_, text) in enumerate(rows):
-        targets[row, : len(text)] = torch.tensor([index[c] for c in text])
-    lengths = torch.tensor([len(t) for _, t in rows])
-    return crnnfw.PackedSplit(torch.cat(images, dim=-1), widths.cumsum(0) - widths, widths, targets, lengths, transform=transform)
+    return crnnfw.PackedSplit.from_images([image for image, _ in rows], [text for _, text in rows], classes, transform=transform)
 
 
 class RenderedSplit:
