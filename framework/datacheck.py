@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from . import pictures
 from .data import SPLITS, build_data
 from .errors import CrnnfwError, DataProblems, Problem
-from .model import assemble, check_model
+from .model import assemble, check_model, label_misfits
 from .registry import Registry
 
 #: Splits without their samples in memory (composed on the fly) are summarised from this many.
@@ -80,17 +80,8 @@ def histogram(values: torch.Tensor, bins: int = 8) -> list[tuple[str, int]]:
 
 def _label_fit(model: Any, split: Any, name: str) -> list[Problem]:
     """Samples whose label needs more steps than the model leaves at their image's width."""
-    if not isinstance(getattr(split, "target_lengths", None), torch.Tensor):
-        return []
-    widths, targets, lengths = split.widths.cpu(), split.targets.cpu(), split.target_lengths.cpu()
-    steps = model.backbone.out_lengths(widths)
-    need = model.head.steps_needed(targets, lengths)
-    places = getattr(split, "places", None)
-    return [
-        Problem(name, "label too long", places[i] if places else f"sample {i}",
-                f"{int(lengths[i])} characters need {int(need[i])} steps; {int(widths[i])} px gives {int(steps[i])}")
-        for i in (steps < need).nonzero().squeeze(1).tolist()
-    ]
+    return [Problem(name, "label too long", m.place, f"{m.length} characters need {m.needs} steps; {m.width} px gives {m.steps}")
+            for m in label_misfits(model, split)]
 
 
 def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None, source: str = "config") -> DataCheck:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -174,29 +175,43 @@ def _check_label_lengths(model: Model, data: DataModule, stage) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Misfit:
+    """A sample whose label needs more steps than the model leaves at its image's width."""
+
+    place: str  # the split's ``places`` entry (``labels.txt:12``), else ``sample N``
+    length: int
+    width: int
+    steps: int
+    needs: int
+
+
+def label_misfits(model: Model, split: Any) -> list[Misfit]:
+    """Every in-memory sample (a split with ``widths``, ``targets`` and ``target_lengths``
+    tensors) whose label does not fit the steps its own width gives; [] for other splits."""
+    lengths = getattr(split, "target_lengths", None)
+    widths, targets = getattr(split, "widths", None), getattr(split, "targets", None)
+    if not all(isinstance(t, torch.Tensor) for t in (lengths, widths, targets)):
+        return []
+    widths, targets, lengths = widths.cpu(), targets.cpu(), lengths.cpu()
+    steps = model.backbone.out_lengths(widths)
+    need = model.head.steps_needed(targets, lengths)
+    places = getattr(split, "places", None)
+    return [Misfit(places[i] if places else f"sample {i}", int(lengths[i]), int(widths[i]), int(steps[i]), int(need[i]))
+            for i in (steps < need).nonzero().squeeze(1).tolist()]
+
+
 def _check_label_fit(model: Model, split: Any, name: str, stage) -> None:
     """Every in-memory sample's label must fit the steps its own image width gives (CTC needs a
     blank between repeated characters): a label the model cannot emit would train as an
     infinite or zeroed loss. Splits that compose samples on the fly are covered by
     :func:`_check_label_lengths`."""
-    lengths = getattr(split, "target_lengths", None)
-    widths, targets = getattr(split, "widths", None), getattr(split, "targets", None)
-    if not isinstance(lengths, torch.Tensor) or not isinstance(widths, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        return
-    widths, targets, lengths = widths.cpu(), targets.cpu(), lengths.cpu()
-    steps = model.backbone.out_lengths(widths)
-    need = model.head.steps_needed(targets, lengths)
-    failing = (steps < need).nonzero().squeeze(1).tolist()
+    failing = label_misfits(model, split)
     if not failing:
         return
-    places = getattr(split, "places", None)
-    shown = ", ".join(
-        f"{places[i] if places else f'sample {i}'} ({int(lengths[i])} characters, {int(widths[i])} px -> {int(steps[i])} steps, needs {int(need[i])})"
-        for i in failing[:3]
-    )
+    shown = ", ".join(f"{m.place} ({m.length} characters, {m.width} px -> {m.steps} steps, needs {m.needs})" for m in failing[:3])
     raise ModelError(
         f"{len(failing)} {name} label{'s are' if len(failing) != 1 else ' is'} too long for {'their' if len(failing) != 1 else 'its'} image width: {stage('backbone')} gives fewer steps than "
         f"{stage('head')} needs, first at {shown}. Pool less along the width (model.backbone.pools), use wider images "
         "or shorter labels"
     )
-
