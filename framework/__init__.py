@@ -4,6 +4,7 @@ The public API: what built-in and third-party plugins build on.
 """
 
 import os
+import sys
 
 # GNU OpenMP threads spin 300,000 times before they sleep. When other processes hold the cores
 # (shared machines, CI, torchrun ranks), that spinning starves the thread being waited for:
@@ -12,6 +13,13 @@ import os
 # both (1,447 and 1,452 images/s; sleeping at once, OMP_WAIT_POLICY=PASSIVE, costs 15% there).
 # It must be set before torch loads its OpenMP runtime; an explicit setting wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+
+# As the `crnnfw` command, a signal while torch loads ends it at once with one line (there is
+# nothing to save yet); `main` installs the real handling. Imported as a library, nothing changes.
+if os.path.basename(sys.argv[0] if sys.argv else "") == "crnnfw" or getattr(sys, "orig_argv", [])[1:3] == ["-m", "crnnfw"]:
+    from .interrupts import exit_during_startup
+
+    exit_during_startup()
 
 from .augment import AugmentConfig, RandomAffine, TextAugment, TextAugmentConfig  # noqa: E402  (after the OpenMP setting)
 from .batch import Batch

@@ -2,49 +2,51 @@
 
 from __future__ import annotations
 
+import io
 import itertools
-import os
 import pickle
 import re
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import atomic, interrupts
 from .errors import CheckpointError, first_line
 from .version import __version__
 
 FORMAT_VERSION = 2  # 2: adds the input spec and the head's decoding
 
+#: Most bytes a checkpoint's records may hold once read (their uncompressed sizes, from the
+#: zip's directory, checked before anything is read): 4 GiB, a billion fp32 weights; crnnfw
+#: models take a few MB.
+MAX_BYTES = 4 * 2**30
+#: torch.save stores its records uncompressed; a compressed record larger than
+#: ``COMPRESSED_RECORD_BYTES`` that inflates more than ``MAX_RATIO``-fold is a zip bomb, not
+#: a re-zipped checkpoint (weights barely compress).
+COMPRESSED_RECORD_BYTES = 2**20
+MAX_RATIO = 100
+
 
 def save(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` so a crash never leaves a half-written file there.
+    """Write ``state`` to ``path`` so a crash, a signal or a full disk never leaves a
+    half-written file there (or a temporary one beside it).
 
-    The bytes go to a temporary file in the same folder, are fsynced, then renamed over
-    ``path`` (an atomic replace on POSIX and Windows).
+    The checkpoint is serialised in memory, then written atomically (``crnnfw.atomic``) with
+    SIGINT and SIGTERM held until it is in place.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with interrupts.deferred():
+        buffer = io.BytesIO()
+        torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
+        atomic.write_bytes(path, buffer.getbuffer())
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely (no arbitrary objects), with a clear error for a bad file."""
+def load(path: str | Path, weights: bool = True) -> dict[str, Any]:
+    """Read a checkpoint safely (no arbitrary objects), with a clear error for a bad file.
+
+    ``weights=False`` maps the tensors instead of reading them: for a look at the record
+    (epoch, best) of a large checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -53,8 +55,10 @@ def load(path: str | Path) -> dict[str, Any]:
     if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):  # torch.save's zip, or its legacy pickle
         kind = "an empty file" if not magic else "another file type"
         raise CheckpointError(f"{path}: not a readable checkpoint ({kind}); give a .ckpt file a crnnfw run wrote")
+    if magic.startswith(b"PK"):
+        _check_archive(path, mapped=not weights)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=not weights and magic.startswith(b"PK"))
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f"such as {found.group(1)}" if found else "that need code to load"
@@ -75,6 +79,31 @@ def load(path: str | Path) -> dict[str, Any]:
     if _release(written_by) > _release(__version__):
         raise CheckpointError(f"{path}: written by crnnfw {written_by}, newer than this crnnfw {__version__}; upgrade crnnfw to read it")
     return state
+
+
+def _check_archive(path: Path, mapped: bool = False) -> None:
+    """Refuse a zip that holds a zip bomb (see :data:`MAX_RATIO`), or whose records would take
+    more than :data:`MAX_BYTES` once read (not when ``mapped``: torch maps them instead), from
+    its directory alone: nothing is decompressed."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged: its zip directory is unreadable, "
+                              f"{first_line(exc)}); give a .ckpt file a crnnfw run wrote") from None
+    for record in records:
+        ratio = record.file_size / max(1, record.compress_size)
+        if record.compress_type != zipfile.ZIP_STORED and record.file_size > COMPRESSED_RECORD_BYTES and ratio > MAX_RATIO:
+            raise CheckpointError(
+                f"{path}: refused: its record {record.filename} would inflate {ratio:,.0f}-fold to {record.file_size:,} bytes "
+                "(a zip bomb; torch.save never compresses); give a .ckpt file a crnnfw run wrote"
+            )
+    total = sum(record.file_size for record in records)
+    if total > MAX_BYTES and not mapped:
+        raise CheckpointError(
+            f"{path}: refused: its records would take {total:,} bytes in memory, more than the {MAX_BYTES:,} a checkpoint "
+            "may (crnnfw.checkpoint.MAX_BYTES)"
+        )
 
 
 def _release(version: str) -> tuple[int, ...]:

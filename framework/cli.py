@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import config as config_mod
+from . import interrupts
 from .errors import CrnnfwError, ExportError
 from .export import FORMATS
 from .plugins import get_host
@@ -40,9 +41,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _resolved(path: str, overrides: Sequence[str]):
+def _resolved(path: str, overrides: Sequence[str], allow_env: bool = False):
     cfg = config_mod.load(path, overrides)
-    return config_mod.resolve(cfg, get_host().registry, source=path)
+    return config_mod.resolve(cfg, get_host().registry, source=path, allow_env=allow_env)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -56,14 +57,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.init_from:
             raise CrnnfwError("run: --resume continues a run and --init-from starts a new one; use one of them")
         run_dir = find_run(args.resume, config, overrides)
-        Trainer(resumed_config(run_dir, overrides), resume=run_dir).fit()
+        Trainer(resumed_config(run_dir, overrides, allow_env=args.allow_env), resume=run_dir).fit()
         return 0
     if config is None:
         raise CrnnfwError("run: give a config file (crnnfw run configs/mnist_crnn.yaml) or --resume RUN_DIR")
     if args.init_from:
         checkpoint_path(args.init_from)  # a wrong path fails before any data is read
         overrides.append(f"trainer.init_from={args.init_from}")
-    Trainer(_resolved(config, overrides)).fit()
+    Trainer(_resolved(config, overrides, args.allow_env)).fit()
     return 0
 
 
@@ -133,7 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
     trained = load_trained(args.checkpoint)
-    results = predict_files(trained, args.paths, polarity=args.polarity, beam=args.beam, batch_size=args.batch_size)
+    results = predict_files(trained, args.paths, polarity=args.polarity, beam=args.beam, batch_size=args.batch_size,
+                            max_pixels=args.max_pixels, max_width=args.max_width)
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"crnnfw: error: {r.error}", file=sys.stderr)
@@ -152,12 +154,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model, verify_export
+    from .export import default_output, export_model, verify_export
 
     trained = load_trained(args.checkpoint)
-    suffix = ".onnx" if args.format == "onnx" else ".pt"
-    output = Path(args.output) if args.output else (trained.run_dir or trained.path.parent) / f"{trained.path.stem}{suffix}"
-    export_model(trained, args.format, output, unpadded=args.unpadded)
+    output = export_model(trained, args.format, args.output or default_output(trained, args.format), unpadded=args.unpadded, force=args.force)
     print(f"wrote {output} ({args.format}, dynamic batch and width{', unpadded' if args.unpadded else ''})")
     if args.verify:
         rows = verify_export(trained, output, args.format, unpadded=args.unpadded)
@@ -173,7 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    cfg = _resolved(args.config, args.overrides)
+    cfg = _resolved(args.config, args.overrides, args.allow_env)
     sys.stdout.write(config_mod.to_yaml(cfg))
     return 0
 
@@ -253,7 +253,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return _render(args)
     from .datacheck import check_data
 
-    cfg = _resolved(args.config, args.overrides)
+    cfg = _resolved(args.config, args.overrides, args.allow_env)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / cfg.name / "data-check"
     result = check_data(cfg, get_host().registry, out, source=args.config)
     if args.json:
@@ -324,6 +324,9 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
+ALLOW_ENV_HELP = "let the config read ${oc.env:NAME} and ${oc.decode:...}; such values are written nowhere (<env:NAME> instead)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crnnfw", description="Train and use sequence-recognition models.")
     parser.add_argument("--version", action="version", version=f"crnnfw {__version__}")
@@ -334,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. trainer.epochs=3")
     run.add_argument("--resume", metavar="RUN_DIR|last", help="continue a run from its last checkpoint (last: the newest run of CONFIG)")
     run.add_argument("--init-from", metavar="CKPT", help="fine-tune: start from the matching weights of a checkpoint or run directory")
+    run.add_argument("--allow-env", action="store_true", help=ALLOW_ENV_HELP)
     run.set_defaults(func=cmd_run)
 
     evaluate = sub.add_parser("eval", help="metrics of a trained model on the test split (--split val|train, or another dataset by override)")
@@ -352,12 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--polarity", choices=("auto", "light-on-dark", "dark-on-light"), default="auto",
                          help="how the images are drawn (auto: from their borders)")
     predict.add_argument("--batch-size", type=_positive_int, default=64)
+    from .images import MAX_PIXELS, MAX_WIDTH
+
+    predict.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
+                         help=f"refuse a file of more pixels, read from its header before decoding (default {MAX_PIXELS:,})")
+    predict.add_argument("--max-width", type=_positive_int, metavar="N",
+                         help=f"refuse a file wider than N px once scaled to the model's height (default {MAX_WIDTH}, "
+                              "or the model's max_width when wider)")
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="export a trained model to ONNX or TorchScript")
     export.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
     export.add_argument("--format", choices=FORMATS, default="onnx")
-    export.add_argument("--output", "-o", metavar="PATH", help="default: next to the checkpoint's run, named after it")
+    export.add_argument("--output", "-o", metavar="PATH",
+                        help="the file to write (default: the checkpoint's name with .onnx or .pt, in its run directory or beside it)")
+    export.add_argument("--force", action="store_true", help="replace an existing file at the output path (never a checkpoint)")
     export.add_argument("--verify", action="store_true", help="check the export against PyTorch at several widths")
     export.add_argument("--unpadded", action="store_true",
                         help="leave out the padding masks: faster, for batches whose images all have the batch's width (batch 1, one width)")
@@ -366,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the resolved config (defaults filled in, overrides applied)")
     show.add_argument("config")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    show.add_argument("--allow-env", action="store_true", help=ALLOW_ENV_HELP)
     show.set_defaults(func=cmd_config)
 
     plugins = sub.add_parser("plugins", help="list plugins and the components they provide; 'plugins show NAME' for options")
@@ -389,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--root", help="convert: the folder image paths are relative to (default: the label file's)")
     data.add_argument("--delimiter", default="\t", help="convert: between path and label in a tsv file (default: a tab)")
     data.add_argument("--split", choices=("train", "val", "test"), default="train", help="render: the split to write")
+    data.add_argument("--allow-env", action="store_true", help=ALLOW_ENV_HELP)
     data.set_defaults(func=cmd_data)
 
     scaffold = sub.add_parser("new-plugin", help="write a ready backbone plugin package")
@@ -410,14 +425,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        return args.func(args)
+        with interrupts.as_interrupt():
+            return args.func(args)
     except CrnnfwError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:  # one line per problem kind (DataProblems)
             print(f"crnnfw: error: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("crnnfw: interrupted", file=sys.stderr)
-        return 130
+        return interrupts.EXIT_CODE
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

@@ -9,7 +9,11 @@ file and the full key path, and suggest the closest valid key.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import io
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -18,12 +22,18 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from . import resolvers
 from .errors import ConfigError, first_line
 from .precision import PRECISIONS
 from .registry import Registry, suggest
+from .rundir import check_name
 
 #: ``trainer.compile``: off, or the ``torch.compile`` mode to train with.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+#: A config file is read whole; a bigger one is refused before it is read (a config is text
+#: someone wrote: recipes are a few KB, a long charset list or source list some hundreds).
+MAX_CONFIG_BYTES = 1 << 20
 
 #: Where each component section lives and which kind of component it names.
 COMPONENT_SECTIONS = {
@@ -139,16 +149,45 @@ def _merge(schema: DictConfig, user: Any, prefix: str, source: str) -> DictConfi
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Read a YAML config and apply ``key=value`` overrides (not yet validated)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+    text = read_config_text(path)
+    # YAML aliases can expand a short file into millions of nodes; plain YAML has at most one
+    # node per byte, so a limit of the file's size lets any real list through and stops bombs.
     try:
-        user = OmegaConf.load(path)
-    except (yaml.YAMLError, oc_errors.OmegaConfBaseException, UnicodeDecodeError) as exc:
+        user = OmegaConf.load(io.StringIO(text), max_yaml_expanded_nodes=max(10_000, len(text)))
+    except (yaml.YAMLError, oc_errors.OmegaConfBaseException) as exc:
         detail = " ".join(str(exc).split())
+        if "node expansion exceeds" in detail:
+            detail = "its aliases expand to more nodes than the file has bytes (an alias bomb?)"
         raise ConfigError(f"{path}: not valid YAML: {detail}") from None
     if not isinstance(user, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     return apply_overrides(user, overrides)
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text, after checking it is a regular file of a config's size: a FIFO,
+    a device or a link loop is named as what it is, and never opened."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        kind = "a broken symbolic link" if path.is_symlink() else "no such config file"
+        raise ConfigError(f"{path}: {kind}") from None
+    except OSError as exc:
+        kind = "a symbolic link loop" if exc.errno == errno.ELOOP else f"cannot read it ({exc.strerror or exc})"
+        raise ConfigError(f"{path}: {kind}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path}: a folder, not a config file; give a .yaml file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file"
+        raise ConfigError(f"{path}: {kind}, not a config file; give a .yaml file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {info.st_size / 2**20:.1f} MiB is too big for a config (at most {MAX_CONFIG_BYTES >> 20} MiB); keep data in files the config names")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid YAML: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def apply_overrides(user: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -206,13 +245,32 @@ def component_config(registry: Registry, cfg: DictConfig, section: str, source: 
         raise ConfigError(f"{source}: {section}: {exc}") from None
 
 
-def resolve(cfg: DictConfig, registry: Registry, source: str = "config") -> DictConfig:
-    """Validate a loaded config and fill in every default; the result is what a run uses.
+def resolve(cfg: DictConfig, registry: Registry, source: str = "config", allow_env: bool = False) -> DictConfig:
+    """Validate a loaded config, resolve its interpolations once and fill in every default; the
+    result is what a run uses, and holds no interpolation any more.
 
-    ``source`` (the file name) prefixes every error message.
+    ``source`` (the file name) prefixes every error message. ``allow_env`` admits the
+    environment and decode resolvers (see ``crnnfw.resolvers``).
     """
+    with resolvers.policy(allow_env):
+        return _resolve(cfg, registry, source)
+
+
+def _interpolation_problem(exc: Exception) -> str:
+    """The reason inside OmegaConf's wrapping of a resolver's error."""
+    return re.sub(r"^\w+ raised while resolving interpolation: ", "", first_line(exc))
+
+
+def _resolve(cfg: DictConfig, registry: Registry, source: str) -> DictConfig:
     resolved = _merge(OmegaConf.structured(RunConfig), cfg, "", source)
-    out = OmegaConf.to_container(resolved, resolve=True)
+    out = plain(resolved, source)
+    for key in ("name", "output_dir"):
+        if resolvers.redact(out[key]) != out[key]:
+            raise ConfigError(f"{source}: {key}: may not come from the environment (it names the run directory, which every log and file shows)")
+    check_name(str(out["name"]), f"{source}: name")
+    if not isinstance(out["seed"], int) or not 0 <= out["seed"] < 2**64:
+        raise ConfigError(f"{source}: seed: must be a whole number from 0 to 2**64 - 1, got {out['seed']}")
+    resolved = OmegaConf.create(resolvers.literal(out))
     for section in COMPONENT_SECTIONS:
         typed = component_config(registry, resolved, section, source)
         parent, _, leaf = section.rpartition(".")
@@ -235,14 +293,31 @@ def resolve(cfg: DictConfig, registry: Registry, source: str = "config") -> Dict
         raise ConfigError(f"{source}: trainer.val_fraction: must be between 0 and 1 (exclusive), got {t.val_fraction}")
     if t.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", t.device):
         raise ConfigError(f"{source}: trainer.device: '{t.device}' is not one of auto, cpu, cuda, cuda:N{suggest(t.device, ('auto', 'cpu', 'cuda'))}")
-    return OmegaConf.create(out)
+    return OmegaConf.create(resolvers.literal(out))
 
 
 def to_yaml(cfg: DictConfig) -> str:
-    """The config as YAML text, as saved in run directories and printed by ``crnnfw config``."""
-    return OmegaConf.to_yaml(cfg)
+    """The config as YAML text, as saved in run directories and printed by ``crnnfw config``:
+    secrets redacted, and written so that reading it back interpolates nothing."""
+    return OmegaConf.to_yaml(OmegaConf.create(resolvers.literal(as_container(cfg))))
 
 
 def as_container(cfg: DictConfig | ListConfig) -> Any:
-    """Plain dicts and lists (for checkpoints and JSON)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    """Plain dicts and lists, secrets redacted (for checkpoints and JSON)."""
+    return resolvers.redact(OmegaConf.to_container(cfg, resolve=True))
+
+
+def plain(cfg: DictConfig, source: str) -> Any:
+    """A loaded config's values as plain dicts and lists, its interpolations resolved (under the
+    resolver policy in force), with a one-line error for a broken one."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (oc_errors.OmegaConfBaseException, RecursionError) as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        detail = _interpolation_problem(exc) if isinstance(exc, oc_errors.InterpolationResolutionError) else first_line(exc, "an interpolation refers to itself")
+        raise ConfigError(f"{source}: {key}: {detail}") from None
+
+
+def from_container(container: Any) -> DictConfig:
+    """A config stored by crnnfw (a checkpoint's, a run's), taken literally: never interpolated."""
+    return OmegaConf.create(resolvers.literal(container))

@@ -13,13 +13,18 @@ import contextlib
 import io
 import json
 import os
+import signal
+import threading
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from types import FrameType
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from . import atomic
 from .data import InputSpec
 from .errors import ExportError, first_line
 from .images import describe as describe_preprocessing
@@ -202,22 +207,135 @@ def model_to_onnx(model: nn.Module, trace: tuple[Tensor, Tensor], metadata: dict
                    dynamic_axes=axes, metadata=metadata)
 
 
-def export_model(trained: Trained, fmt: str, output: Path, unpadded: bool = False) -> Path:
+def default_output(trained: Trained, fmt: str) -> Path:
+    """``RUN_DIR/<checkpoint name>.onnx`` (``.pt`` for TorchScript), or next to a checkpoint outside
+    a run directory; ``<name>.<format>.<ext>`` where that would be the checkpoint itself (``model.pt``)."""
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    folder = trained.run_dir or trained.path.parent
+    output = folder / f"{trained.path.stem}{suffix}"
+    return folder / f"{trained.path.stem}.{fmt}{suffix}" if _same_file(output, trained.path) else output
+
+
+def export_model(trained: Trained, fmt: str, output: str | Path, unpadded: bool = False, force: bool = False) -> Path:
     """Write ``trained``'s model to ``output`` as ONNX (metadata inside) or TorchScript (metadata as an extra file).
 
     ``unpadded`` leaves the padding masks out of the graph (see :func:`crnnfw.unpadded`): faster,
-    for callers whose batches are never padded (batch 1, or images of one width).
+    for callers whose batches are never padded (batch 1, or images of one width). The output is
+    checked before the slow trace and again before writing (see :func:`check_output`); ``force``
+    lets an existing file that is not a checkpoint be replaced.
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
-    widths = verification_widths(trained.model, trained.spec)
-    trace = _example(trained.spec, _trace_widths(trained.model, trained.spec, widths, unpadded), seed=1)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    info = metadata(trained, unpadded)
-    with unpadded_batches() if unpadded else contextlib.nullcontext():
-        data = model_to_onnx(trained.model, trace, info) if fmt == "onnx" else _torchscript_file(trained.model, trace, info)
-    _write_atomically(output, data)
-    return output
+    name = default_output(trained, fmt).name
+    path = check_output(output, trained.path, name, force)
+    with _interrupts_kept():
+        widths = verification_widths(trained.model, trained.spec)
+        trace = _example(trained.spec, _trace_widths(trained.model, trained.spec, widths, unpadded), seed=1)
+        info = metadata(trained, unpadded)
+        with unpadded_batches() if unpadded else contextlib.nullcontext():
+            data = model_to_onnx(trained.model, trace, info) if fmt == "onnx" else _torchscript_file(trained.model, trace, info)
+    check_output(output, trained.path, name, force)  # again: the trace took seconds, and the place may have changed
+    atomic.write_bytes(path, data)
+    return path
+
+
+def check_output(output: str | Path, checkpoint: Path, name: str, force: bool = False) -> Path:
+    """``output`` as a path export may write, or an ExportError saying why not.
+
+    Export never writes over the checkpoint it reads, over any ``torch.save`` file (a checkpoint,
+    even with ``force``), or to ``*.ckpt`` under a ``checkpoints`` folder (where runs keep theirs);
+    it replaces another existing file only with ``force``. A folder, or a path ending in ``/``, is
+    refused rather than guessed into (``name`` is the file the message suggests inside it).
+    """
+    text = str(output)
+    path = Path(output)
+    if os.path.isdir(path) or text.endswith(("/", os.sep)):
+        what = "a folder" if os.path.isdir(path) else "a folder (it ends with '/')"
+        raise ExportError(f"{text}: is {what}, not a file; give the file to write, e.g. -o {path / name}")
+    if _same_file(path, checkpoint):
+        raise ExportError(f"{path}: is the checkpoint being exported; export never writes over it, give another file with -o")
+    resolved = Path(os.path.realpath(path))
+    if path.suffix == ".ckpt" and "checkpoints" in (*path.parent.parts, *resolved.parent.parts):
+        raise ExportError(f"{path}: is where a run keeps its checkpoints; export never writes there, even with --force; give another file with -o")
+    if not os.path.lexists(path):
+        return path
+    if not os.path.isfile(path):
+        raise ExportError(f"{path}: exists and is not a regular file; give another file with -o")
+    if _is_torch_file(path):
+        raise ExportError(f"{path}: is a checkpoint (a torch.save file); export never replaces one, even with --force; give another file with -o")
+    if not force:
+        raise ExportError(f"{path}: already exists; pass --force to replace it, or give another file with -o")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same resolved path, or a hard link to it."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _is_torch_file(path: Path) -> bool:
+    """Whether ``path`` holds what ``torch.save`` writes (checkpoints do), not an exported model.
+
+    A ``torch.save`` zip has a ``data.pkl`` and, unlike TorchScript's, no ``constants.pkl``; a
+    legacy one is a pickle. A damaged zip counts as one: it may be a truncated checkpoint. ONNX
+    files are protobufs and start with neither.
+    """
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic.startswith(b"\x80"):
+            return True
+        if not magic.startswith(b"PK"):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            records = {name.rsplit("/", 1)[-1] for name in archive.namelist()}
+    except zipfile.BadZipFile:
+        return True
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot read it to check whether it is a checkpoint ({exc.strerror or first_line(exc)}); give another file with -o") from None
+    return "data.pkl" in records and "constants.pkl" not in records
+
+
+@contextlib.contextmanager
+def _interrupts_kept() -> Iterator[None]:
+    """Ctrl-C (or SIGTERM, where a handler turns it into an exception) ends the block as that
+    exception, even where torch or ONNX Runtime code catches it and raises another one, so the
+    CLI reports an interrupt rather than a failed export."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[BaseException] = []
+
+    def keep(handler: Callable[[int, FrameType | None], Any]) -> Callable[[int, FrameType | None], Any]:
+        def on_signal(signum: int, frame: FrameType | None) -> Any:
+            try:
+                return handler(signum, frame)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+        return on_signal
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum, handler in previous.items():
+        if callable(handler):
+            signal.signal(signum, keep(handler))
+    try:
+        yield
+    except Exception:
+        if raised:
+            raise raised[0] from None
+        raise
+    finally:
+        for signum, handler in previous.items():
+            if callable(handler):
+                signal.signal(signum, handler)
+    if raised:
+        raise raised[0]
 
 
 def _torchscript_file(model: nn.Module, trace: tuple[Tensor, Tensor], info: dict[str, str]) -> bytes:
@@ -230,19 +348,20 @@ def _torchscript_file(model: nn.Module, trace: tuple[Tensor, Tensor], info: dict
     return buffer.getvalue()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def verify_export(trained: Trained, path: Path, fmt: str, atol: float = 1e-4, unpadded: bool = False) -> list[dict[str, Any]]:
     """Run the exported model against PyTorch at several widths, alone and batched (an
     ``unpadded`` export: batched at one width).
 
     Each row: the widths, the largest logit difference, whether lengths and decoded texts
-    agree, and ``ok`` when all three hold (logits within ``atol``).
+    agree, and ``ok`` when all three hold (logits within ``atol``). Ctrl-C ends it as an
+    interrupt, also inside ONNX Runtime.
     """
+    with _interrupts_kept():
+        return _verification_rows(trained, path, fmt, atol, unpadded)
+
+
+def _verification_rows(trained: Trained, path: Path, fmt: str, atol: float, unpadded: bool) -> list[dict[str, Any]]:
+    """The rows of :func:`verify_export`."""
     if fmt == "onnx":
         session = onnx_session(path)
 

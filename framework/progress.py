@@ -23,6 +23,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .resolvers import redact
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -55,14 +57,21 @@ class Reporter:
         self._log = open(path, "a", encoding="utf-8", buffering=1)
 
     def _write_log(self, line: str) -> None:
-        if self._log is not None:
-            self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        """Append ``line`` (secrets redacted); a log that can no longer be written (a full disk)
+        is closed with one notice rather than failing the training it describes."""
+        if self._log is None:
+            return
+        try:
+            self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {redact(line)}\n")
+        except OSError as exc:
+            self._log = None
+            self.console.print(f"train.log: no longer written ({exc.strerror or exc})", highlight=False, markup=False)
 
     def info(self, message: str) -> None:
         """A line for the person and the log."""
         if not self.enabled:
             return
-        self.console.print(message, highlight=False, markup=False)
+        self.console.print(redact(message), highlight=False, markup=False)
         self._write_log(message)
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
@@ -131,5 +140,8 @@ class Reporter:
     def close(self) -> None:
         self.end_epoch()
         if self._log is not None:
-            self._log.close()
-            self._log = None
+            log, self._log = self._log, None
+            try:
+                log.close()
+            except OSError:  # its last lines could not be flushed (a full disk): already said
+                pass

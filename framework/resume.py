@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import config as config_mod
+from . import resolvers
 from .errors import ConfigError
 from .plugins import get_host
+from .rundir import latest_run
 
 #: Options a resumed run may change: they do not alter what an uninterrupted run computes
 #: (speed options such as ``compile`` may change the last bits of floating-point results),
@@ -29,14 +31,15 @@ def find_run(target: str, config_path: str | None, overrides: Sequence[str]) -> 
     if config_path is None:
         raise ConfigError("--resume last: give the config too (crnnfw run CONFIG --resume last) so the run's name and output_dir are known")
     cfg = config_mod.load(config_path, [o for o in overrides if o.split("=")[0] in ("name", "output_dir")])
-    parent = Path(cfg.get("output_dir", "runs")) / cfg.get("name", "run")
-    runs = sorted((p for p in parent.glob("*") if (p / "checkpoints" / "last.ckpt").is_file()), key=lambda p: p.stat().st_mtime)
-    if not runs:
+    with resolvers.policy(False):
+        parent = Path(str(cfg.get("output_dir", "runs"))) / str(cfg.get("name", "run"))
+    run_dir = latest_run(parent)
+    if run_dir is None:
         raise ConfigError(f"--resume last: no run with a checkpoint under {parent}")
-    return runs[-1]
+    return run_dir
 
 
-def resumed_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
+def resumed_config(run_dir: Path, overrides: Sequence[str], allow_env: bool = False) -> DictConfig:
     """The run's own saved config, with only the overrides that keep it the same run."""
     changed = [o for o in overrides if o.split("=", 1)[0] not in RESUMABLE]
     if changed:
@@ -45,5 +48,10 @@ def resumed_config(run_dir: Path, overrides: Sequence[str]) -> DictConfig:
             f"{', '.join(RESUMABLE)} (start a new run, or fine-tune with --init-from)"
         )
     saved = run_dir / "config.yaml"
-    stored = OmegaConf.load(saved)
-    return config_mod.resolve(config_mod.apply_overrides(stored, overrides), get_host().registry, source=str(saved))
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {run_dir} has no config.yaml (every run writes one when it starts); it cannot be resumed")
+    # config.yaml holds no interpolation of its own (to_yaml escapes them): only the run's
+    # redacted secrets come back, from the environment, where --allow-env says so.
+    with resolvers.policy(allow_env):
+        stored = config_mod.from_container(resolvers.restore(config_mod.plain(config_mod.load(saved), str(saved)), str(saved)))
+    return config_mod.resolve(config_mod.apply_overrides(stored, overrides), get_host().registry, source=str(saved), allow_env=allow_env)

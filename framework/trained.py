@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import checkpoint
 from . import config as config_mod
@@ -19,6 +19,7 @@ from .data import InputSpec
 from .errors import CheckpointError, CrnnfwError
 from .model import Model, assemble
 from .plugins import get_host
+from .rundir import best_checkpoint
 
 REQUIRED_KEYS = ("model", "config", "classes", "input", "decoding")
 
@@ -42,13 +43,12 @@ class Trained:
 
 
 def checkpoint_path(path: str | Path) -> Path:
-    """``path`` itself for a file; for a run directory its best checkpoint, else its last."""
+    """``path`` itself for a file; for a run directory the checkpoint of its best model."""
     path = Path(path)
     if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            candidate = path / "checkpoints" / name
-            if candidate.is_file():
-                return candidate
+        candidate = best_checkpoint(path)
+        if candidate is not None:
+            return candidate
         raise CheckpointError(f"{path}: a folder without checkpoints/best.ckpt or checkpoints/last.ckpt; give a run directory or a .ckpt file")
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
@@ -73,7 +73,7 @@ def load_trained(path: str | Path, overrides: Sequence[str] = (), device: torch.
     """
     file, state = read_state(path)
     registry = get_host().registry
-    stored = OmegaConf.create(state["config"])
+    stored = config_mod.from_container(state["config"])
     try:
         cfg = config_mod.resolve(config_mod.apply_overrides(stored, overrides), registry, source=str(file))
     except CrnnfwError as exc:

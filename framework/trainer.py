@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from . import checkpoint, distributed, pictures
+from . import atomic, checkpoint, distributed, interrupts, pictures, resolvers, rundir
 from .config import as_container, to_yaml
 from .data import SPLITS, InputSpec, build_data, on_device
-from .errors import ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluation import evaluate
 from .finetune import init_from
 from .model import build_model
@@ -27,7 +27,6 @@ from .plugins import get_host
 from .hardware import cpu_capability, hardware
 from .precision import autocast, choose
 from .progress import Reporter
-from .rundir import create_run_dir
 from .version import __version__
 
 
@@ -125,16 +124,35 @@ class Trainer:
         self.cfg = cfg
         self.reporter = reporter
         self.resume = resume
+        self.run_dir: Path | None = resume
+        self._lock: rundir.RunLock | None = None
 
     def fit(self) -> FitResult:
+        """Train; one process at a time per run directory. An interrupt (SIGINT, SIGTERM) or a
+        failed write is logged with how to resume, and re-raised for the command to report."""
         cfg, t = self.cfg, self.cfg.trainer
         group, device_name = distributed.join(t.device)
         out = self.reporter or Reporter(log_every=t.log_every, enabled=group.main)
         try:
+            if self.resume and group.main:
+                self._hold(self.resume)
             return self._fit(cfg, t, group, device_name, out)
+        except (KeyboardInterrupt, atomic.WriteError) as exc:
+            if self.run_dir is not None and (self.run_dir / "checkpoints" / "last.ckpt").is_file():
+                why = f"interrupted ({exc or 'SIGINT'})" if isinstance(exc, KeyboardInterrupt) else str(exc)
+                out.info(f"{why}; every finished epoch is kept: resume with crnnfw run --resume {self.run_dir}")
+            raise
         finally:
             out.close()
+            if self._lock is not None:
+                self._lock.release()
             group.close()
+
+    def _hold(self, run_dir: Path) -> None:
+        """Lock ``run_dir`` for this process (see ``rundir.RunLock``)."""
+        self._lock = rundir.RunLock(run_dir)
+        self._lock.acquire()
+        self.run_dir = run_dir
 
     def _fit(self, cfg: DictConfig, t: DictConfig, group: distributed.Group, device_name: str, out: Reporter) -> FitResult:
         # A resumed run starts by reading its checkpoint, so a bad one fails before any work.
@@ -177,24 +195,27 @@ class Trainer:
         first_epoch, step, train_seconds = 1, 0, 0.0
 
         # The run directory: resolved config, log, metrics, checkpoints, summary (rank 0 writes).
+        repairs: list[str] = []
         if resumed:
             run_dir = self.resume
-            model.load_state_dict(resumed["model"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            scheduler.load_state_dict(resumed["scheduler"])
-            scaler.load_state_dict(resumed["scaler"])
+            restore_training(resumed, run_dir, model, optimizer, scheduler, scaler)
             restore_rng(resumed["rng"], generator, group.rank, device)
             best, step, train_seconds = dict(resumed["best"]), resumed["step"], resumed["train_seconds"]
             first_epoch = resumed["epoch"] + 1
-            if first_epoch > t.epochs or step >= total_steps:
+            # The checkpoint is the run's record: its history wins over a metrics.jsonl a kill cut short.
+            history = list(resumed.get("history") or [row for row in read_history(run_dir) if row["epoch"] < first_epoch])
+            if group.main:
+                repairs = rundir.repair(run_dir, resumed, history)
+            if (first_epoch > t.epochs or step >= total_steps) and _summarised(run_dir, step):
                 raise TrainingError(f"{run_dir}: the run already finished its {t.epochs} epochs; pass trainer.epochs=N (more) to train on")
-            history = [row for row in read_history(run_dir) if row["epoch"] < first_epoch]
         else:
-            run_dir = create_run_dir(cfg.output_dir, cfg.name) if group.main else Path(cfg.output_dir)
+            run_dir = rundir.create_run_dir(cfg.output_dir, cfg.name) if group.main else Path(cfg.output_dir)
+            if group.main:
+                self._hold(run_dir)
             history = []
         if group.main:
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
-            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
+            atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
+            atomic.write_text(run_dir / "metrics.jsonl", _jsonl(history))
             out.open_log(run_dir / "train.log")
         workers = f" | {group.world} processes" if group.enabled else ""
         out.info(
@@ -203,10 +224,11 @@ class Trainer:
             f"{t.epochs} epochs x {steps_per_epoch} steps"
             + (f" | resumed after epoch {first_epoch - 1} (step {step})" if resumed else "")
         )
-        for line in ([choice.warning] if choice.warning else []) + [f"data: {note}" for note in data.notes] + notes:
+        for line in ([choice.warning] if choice.warning else []) + [f"data: {note}" for note in data.notes] + notes + repairs:
             out.info(line)
 
         started = time.perf_counter()
+        evaluation = None
         for epoch in range(first_epoch, t.epochs + 1):
             if step >= total_steps:
                 break
@@ -295,8 +317,9 @@ class Trainer:
             if breakdown:
                 out.info(breakdown)
 
-            # Checkpoints: last every epoch, best when the monitored metric improved. The metrics
-            # row goes in after the checkpoint, so a resumed run never repeats a recorded epoch.
+            # Commit the epoch: last.ckpt (the run's record, holding the history), then best.ckpt
+            # when the monitored metric improved, then metrics.jsonl; signals wait until all three
+            # are written, and a kill between them is repaired on resume (rundir.repair).
             rng = {"python": random.getstate(), "torch": group.gather(torch.get_rng_state()), "data": generator.get_state()}
             if device.type == "cuda":
                 rng["cuda"] = group.gather(torch.cuda.get_rng_state(device))
@@ -311,6 +334,7 @@ class Trainer:
                     "best": dict(best),
                     "train_seconds": train_seconds,
                     "metrics": {"val": scores, "test": evaluation.scores},
+                    "history": history,
                     "config": as_container(cfg),
                     "classes": list(data.classes),
                     "input": spec,
@@ -319,11 +343,15 @@ class Trainer:
                     "crnnfw_version": __version__,
                     "rng": rng,
                 }
-                checkpoint.save(state, run_dir / "checkpoints" / "last.ckpt")
-                if improved:
-                    checkpoint.save(state, run_dir / "checkpoints" / "best.ckpt")
-                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics_file:
-                    metrics_file.write(json.dumps(row) + "\n")
+                with interrupts.deferred():
+                    checkpoint.save(state, run_dir / "checkpoints" / "last.ckpt")
+                    if improved:
+                        checkpoint.save(state, run_dir / "checkpoints" / "best.ckpt")
+                    atomic.write_text(run_dir / "metrics.jsonl", _jsonl(history))
+
+        if evaluation is None:  # resumed after its last epoch, to write what a kill kept it from writing
+            out.info("the run had finished its epochs but not its summary; writing it now")
+            evaluation = evaluate(model, data.test, t.eval_batch_size, device, choice.precision, keep=48, group=group)
 
         # Summary for people and scripts.
         summary = {
@@ -346,10 +374,10 @@ class Trainer:
             "components": components,
             "crnnfw_version": __version__,
         }
-        if group.main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if group.main:  # the summary comes last: its presence says the run is complete
             pictures.draw_run(run_dir, history, evaluation, monitor.main, data.classes)
             pictures.samples_png(data, run_dir / "samples.png")  # training images as augmented, as the model saw them
+            atomic.write_text(run_dir / "summary.json", json.dumps(resolvers.redact(summary), indent=2) + "\n")
         final, main = history[-1], monitor.main
         best_test = (best.get("test") or {}).get(main)  # absent in runs begun before val splits existed
         out.info(
@@ -366,6 +394,34 @@ def restore_rng(saved: dict[str, Any], generator: torch.Generator, rank: int, de
     generator.set_state(saved["data"])
     if device.type == "cuda" and "cuda" in saved:
         torch.cuda.set_rng_state(saved["cuda"][min(rank, len(saved["cuda"]) - 1)], device)
+
+
+def restore_training(state: dict[str, Any], run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> None:
+    """Load the weights and the optimizer's, schedule's and scaler's states of a checkpoint."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(
+            f"{run_dir / 'checkpoints' / 'last.ckpt'}: does not fit the model {run_dir / 'config.yaml'} builds ({detail}); "
+            "was either file replaced? Resume only the run that wrote them"
+        ) from None
+
+
+def _summarised(run_dir: Path, step: int) -> bool:
+    """Whether the run's summary.json is there and records its last step."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("steps") == step
+    except (OSError, ValueError):
+        return False
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

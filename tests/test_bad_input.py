@@ -64,7 +64,28 @@ def workspace(tmp_path_factory):
     (files / "no_images").mkdir()
     (files / "no_images" / "readme.txt").write_text("nothing to see\n")
     _own_data(files / "lines")
+    _hostile_configs(files, run_dir)
     return root, run_dir, files
+
+
+def _hostile_configs(files: Path, run_dir: Path) -> None:
+    """Config paths that are not config files, configs too big or bombs, and broken run copies."""
+    import os
+    import shutil
+
+    os.mkfifo(files / "fifo.yaml")
+    (files / "loop_a.yaml").symlink_to(files / "loop_b.yaml")
+    (files / "loop_b.yaml").symlink_to(files / "loop_a.yaml")
+    (files / "dangling.yaml").symlink_to(files / "gone.yaml")
+    (files / "huge.yaml").write_text("notes: |\n" + "  padding line of a config nobody should write\n" * 50_000)
+    laughs = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 7)]
+    (files / "bomb.yaml").write_text("\n".join(laughs) + "\n")
+    for name in ("no_config_run", "other_model_run"):
+        shutil.copytree(run_dir, files / name)
+    (files / "no_config_run" / "config.yaml").unlink()
+    other = files / "other_model_run" / "config.yaml"
+    other.write_text(other.read_text().replace("hidden_size: 128", "hidden_size: 64"))
+    assert "hidden_size: 64" in other.read_text()
 
 
 def _own_data(folder: Path) -> None:
@@ -145,6 +166,23 @@ def _cases(run: str, files: str):
         ("yaml list", ["run", f"{files}/list.yaml", out], "top level must be a mapping"),
         ("override syntax", ["run", MNIST_CONFIG, "=3", out], "expected key=value"),
         ("no config", ["run", out], "give a config file"),
+        ("config is a fifo", ["run", f"{files}/fifo.yaml", out], "a named pipe (FIFO), not a config file"),
+        ("config is a device", ["run", "/dev/zero", out], "/dev/zero: a device, not a config file"),
+        ("config is a folder", ["config", files], "a folder, not a config file"),
+        ("config is a link loop", ["run", f"{files}/loop_a.yaml", out], "loop_a.yaml: a symbolic link loop"),
+        ("config is a broken link", ["config", f"{files}/dangling.yaml"], "dangling.yaml: a broken symbolic link"),
+        ("config too big", ["run", f"{files}/huge.yaml", out], "too big for a config"),
+        ("config alias bomb", ["run", f"{files}/bomb.yaml", out], "an alias bomb"),
+        ("seed beyond 64 bits", ["run", MNIST_CONFIG, "seed=18446744073709551616", out], "seed: must be a whole number from 0 to 2**64 - 1"),
+        ("output_dir is a file", ["run", MNIST_CONFIG, *QUICK, f"output_dir={files}/text.ckpt"], "is a file, not a folder"),
+        ("name escapes output_dir", ["run", MNIST_CONFIG, "name=../../escaped", out], "not usable as a run name"),
+        # Interpolations: resolved once at `run`, the environment and decoding only when allowed.
+        ("environment not allowed", ["run", MNIST_CONFIG, "data.root=${{oc.env:HOME}}", out], "data.root: ${{oc.env:HOME}} reads outside the config"),
+        ("decode not allowed", ["config", MNIST_CONFIG, "trainer.epochs=${{oc.decode:'3'}}"], "pass --allow-env"),
+        ("self-reference", ["run", MNIST_CONFIG, "seed=${{seed}}", out], "seed: Recursive interpolation"),
+        ("interpolation loop", ["config", MNIST_CONFIG, "seed=${{trainer.epochs}}", "trainer.epochs=${{seed}}"], "Recursive interpolation"),
+        ("missing interpolation", ["config", MNIST_CONFIG, "seed=${{trainer.nope}}"], "seed: Interpolation key 'trainer.nope' not found"),
+        ("environment name", ["run", MNIST_CONFIG, "name=${{oc.env:HOME}}", "--allow-env", out], "name: may not come from the environment"),
         # Data and labels.
         ("missing data root", ["run", MNIST_CONFIG, f"data.root={files}/no_such_folder", out], "data.root"),
         ("data root without mnist", ["run", MNIST_CONFIG, f"data.root={files}/no_images", out], "lacks"),
@@ -160,6 +198,8 @@ def _cases(run: str, files: str):
         ("resume nothing", ["run", "--resume", f"{files}/no_images"], "not a run directory"),
         ("resume changed", ["run", "--resume", run, "trainer.batch_size=32"], "would make it a different run"),
         ("resume finished", ["run", "--resume", run], "already finished"),
+        ("resume without config.yaml", ["run", "--resume", f"{files}/no_config_run"], "has no config.yaml"),
+        ("resume with another model's config", ["run", "--resume", f"{files}/other_model_run"], "does not fit the model"),
         # Checkpoints.
         ("truncated ckpt", ["eval", f"{files}/truncated.ckpt"], "not a readable checkpoint"),
         ("text ckpt", ["eval", f"{files}/text.ckpt"], "not a readable checkpoint (another file type)"),
