@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from crnnfw import ConfigError, config
@@ -100,3 +101,26 @@ def test_swapping_a_component_by_override_drops_the_files_options_for_the_old_on
     assert head.name == "ctc" and head.decoder == "beam" and "pool" not in head
     kept = OmegaConf.create(cli("config", MNIST_CONFIG, "model.head.name=softmax").out).model.head
     assert kept.label_smoothing == 0.1  # same component: the file's options stay
+
+
+def test_a_long_list_loads_where_an_alias_bomb_does_not(tmp_path, cli):
+    """The YAML node limit follows the file's size: 12,000 real entries pass."""
+    sources = [f"part{i:05d}/labels.txt" for i in range(12_000)]
+    path = tmp_path / "many.yaml"
+    path.write_text(OmegaConf.to_yaml({"data": {"name": "lines", "train": sources, "test": "test/labels.txt"}}))
+    shown = cli("config", path)
+    assert shown.code == 0, shown.err
+    assert yaml.safe_load(shown.out)["data"]["train"] == sources
+
+
+def test_interpolations_are_resolved_once_and_stored_as_text(tmp_path, cli):
+    path = tmp_path / "interp.yaml"
+    path.write_text("name: interp\nseed: ${trainer.epochs}\ntrainer:\n  epochs: 3\ndata:\n  name: mnist\n  root: 'keep \\${this} as text'\n")
+    shown = cli("config", path)
+    assert shown.code == 0, shown.err
+    again = tmp_path / "again.yaml"
+    again.write_text(shown.out)  # what a run's config.yaml holds, read back
+    reread = cli("config", again)
+    assert reread.code == 0, reread.err
+    cfg = OmegaConf.create(reread.out)
+    assert cfg.seed == 3 and cfg.data.root == "keep ${this} as text"
