@@ -24,12 +24,15 @@ if os.path.basename(sys.argv[0] if sys.argv else "") == "crnnfw" or getattr(sys,
 from .augment import AugmentConfig, RandomAffine, TextAugment, TextAugmentConfig  # noqa: E402  (after the OpenMP setting)
 from .batch import Batch
 from .data import BatchTransform, DataModule, PackedSplit, Split, TensorSplit
-from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, DataProblems, ModelError, PluginError, Problem, TrainingError
+from .errors import (CheckpointError, ConfigError, CrnnfwError, DataError, DataProblems, ExportError, ImageError, ModelError, PluginError,
+                     Problem, TrainingError)
 from .hookspecs import hookimpl
 from .metrics import SequenceScores, edit_distance
-from .model import Model, build_model, check_model, collapse_height
+from .model import collapse_height
 from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask, mask_padding, masks_needed, unpadded
 from .version import __version__
+from .api import Recognizer, Run, load, train  # noqa: E402  (the API builds on everything above)
+from .predict import Prediction
 
 __all__ = [
     "AugmentConfig",
@@ -43,15 +46,19 @@ __all__ = [
     "DataModule",
     "DataProblems",
     "Decoded",
+    "ExportError",
     "Head",
+    "ImageError",
     "Metrics",
     "SequenceScores",
-    "Model",
     "ModelError",
     "PackedSplit",
     "PluginError",
+    "Prediction",
     "Problem",
     "RandomAffine",
+    "Recognizer",
+    "Run",
     "SequenceEncoder",
     "Split",
     "TensorSplit",
@@ -59,13 +66,13 @@ __all__ = [
     "TextAugmentConfig",
     "TrainingError",
     "__version__",
-    "build_model",
-    "check_model",
     "collapse_height",
     "edit_distance",
     "hookimpl",
     "length_mask",
+    "load",
     "mask_padding",
     "masks_needed",
+    "train",
     "unpadded",
 ]

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from . import config as config_mod
 from . import interrupts
-from .errors import CrnnfwError, ExportError
+from .errors import CrnnfwError
 from .export import FORMATS
 from .plugins import get_host
 from .registry import KINDS, suggest
@@ -84,58 +84,35 @@ def _cell(value: object) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import pictures
-    from .data import build_data
-    from .evaluation import evaluate
-    from .hardware import hardware
-    from .precision import choose
+    from .api import load
     from .trainer import select_device
 
-    trained = load_trained(args.checkpoint, args.overrides)
-    cfg = trained.cfg
-    device = select_device(cfg.trainer.device)
-    trained.model.to(device)
-    data = build_data(cfg, get_host().registry)
-    if tuple(data.classes) != trained.classes:
-        raise CrnnfwError(f"eval: the data's classes {''.join(data.classes)!r} are not the model's {''.join(trained.classes)!r}")
-    if (data.channels, data.height) != (trained.spec.channels, trained.spec.height):
-        raise CrnnfwError(
-            f"eval: the data's images are {data.channels} x {data.height} px (channels x height), the model was trained "
-            f"on {trained.spec.channels} x {trained.spec.height}; set the data options (e.g. data.height) to match"
-        )
-    split = getattr(data, args.split)
-    precision = choose(cfg.trainer.precision, hardware(device)).precision
-    result = evaluate(trained.model, split, cfg.trainer.eval_batch_size, device, precision, keep=48)
-    report = result.metrics.report()
-    confusion = result.metrics.confusion()
-    folder = Path(args.out) if args.out else (trained.run_dir or trained.path.parent) / f"eval-{args.split}"
-    folder.mkdir(parents=True, exist_ok=True)
-    written = pictures.draw_evaluation(folder, result, trained.classes, split=args.split)
-    payload = {"checkpoint": str(trained.path), "split": args.split, "samples": len(split), "scores": result.scores,
-               "report": report, "confusion": confusion, "pictures": [str(p) for p in written]}
-    (folder / "eval.json").write_text(json.dumps(payload, indent=2) + "\n")
+    recognizer = load(args.checkpoint, overrides=args.overrides)
+    recognizer.to(select_device(recognizer.config.trainer.device))
+    folder = Path(args.out) if args.out else (recognizer.run_dir or recognizer.checkpoint.parent) / f"eval-{args.split}"
+    payload = recognizer.evaluate(args.split, out=folder)
     if args.json:
         print(json.dumps(payload, indent=2))
         return 0
     console = _console()
-    console.print(f"[bold]{trained.path}[/bold] on the {args.split} split ({len(split):,} samples)", highlight=False)
-    console.print(_rows_table("scores", [{"metric": k, "value": v} for k, v in result.scores.items()]))
-    for name, rows in report.items():
+    console.print(f"[bold]{recognizer.checkpoint}[/bold] on the {args.split} split ({payload['samples']:,} samples)", highlight=False)
+    console.print(_rows_table("scores", [{"metric": k, "value": v} for k, v in payload["scores"].items()]))
+    for name, rows in payload["report"].items():
         if rows:
             console.print(_rows_table(name.replace("_", " "), rows))
-    if confusion is not None:
-        matrix = [{"truth": name, **{c: count for c, count in zip(trained.classes, row)}} for name, row in zip(trained.classes, confusion)]
+    if payload["confusion"] is not None:
+        classes = recognizer.classes
+        matrix = [{"truth": name, **{c: count for c, count in zip(classes, row)}} for name, row in zip(classes, payload["confusion"])]
         console.print(_rows_table("confusion (rows: truth, columns: prediction)", matrix))
-    console.print(f"wrote {', '.join(str(p) for p in [*written, folder / 'eval.json'])}", highlight=False)
+    console.print(f"wrote {', '.join([*payload['pictures'], str(folder / 'eval.json')])}", highlight=False)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import predict_files
+    from .api import load
 
-    trained = load_trained(args.checkpoint)
-    results = predict_files(trained, args.paths, polarity=args.polarity, beam=args.beam, batch_size=args.batch_size,
-                            max_pixels=args.max_pixels, max_width=args.max_width)
+    results = load(args.checkpoint).predict([Path(p) for p in args.paths], polarity=args.polarity, beam=args.beam,
+                                            batch_size=args.batch_size, max_pixels=args.max_pixels, max_width=args.max_width)
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"crnnfw: error: {r.error}", file=sys.stderr)
@@ -154,7 +131,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import default_output, export_model, verify_export
+    from .export import check_verified, default_output, export_model, verify_export
 
     trained = load_trained(args.checkpoint)
     output = export_model(trained, args.format, args.output or default_output(trained, args.format), unpadded=args.unpadded, force=args.force)
@@ -165,9 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             status = "ok" if row["ok"] else "MISMATCH"
             print(f"  widths {row['widths']}: max |logit diff| {row['max_abs_diff']:.2e}, lengths "
                   f"{'equal' if row['lengths_equal'] else 'differ'}, texts {'equal' if row['texts_equal'] else 'differ'}: {status}")
-        bad = [row for row in rows if not row["ok"]]
-        if bad:
-            raise ExportError(f"{output}: the exported model disagrees with PyTorch at widths {', '.join(str(r['widths']) for r in bad)}")
+        check_verified(rows, output)
         print(f"verified against PyTorch at {len(rows)} width combinations (logits within 1e-4, same decoded texts)")
     return 0
 

@@ -348,6 +348,13 @@ def _torchscript_file(model: nn.Module, trace: tuple[Tensor, Tensor], info: dict
     return buffer.getvalue()
 
 
+def check_verified(rows: list[dict[str, Any]], path: Path) -> None:
+    """ExportError when any of ``verify_export``'s rows found the export disagreeing with PyTorch."""
+    bad = [row for row in rows if not row["ok"]]
+    if bad:
+        raise ExportError(f"{path}: the exported model disagrees with PyTorch at widths {', '.join(str(r['widths']) for r in bad)}")
+
+
 def verify_export(trained: Trained, path: Path, fmt: str, atol: float = 1e-4, unpadded: bool = False) -> list[dict[str, Any]]:
     """Run the exported model against PyTorch at several widths, alone and batched (an
     ``unpadded`` export: batched at one width).

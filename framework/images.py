@@ -23,7 +23,7 @@ import re
 import stat
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -171,6 +171,38 @@ def load_pixels(
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageError(f"{name}: the image is empty")
     return array
+
+
+def in_memory(image: Any, name: str = "the image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A PIL image, numpy array or tensor as :func:`load_pixels` gives a file: float
+    ``(H, W, C)`` in [0, 1], upright. Arrays are ``(H, W)`` or ``(H, W, C)``, tensors ``(H, W)``
+    or ``(C, H, W)``; integers are scaled by their type's range, floats must lie in [0, 1]."""
+    if isinstance(image, Image.Image):
+        if image.width * image.height > max_pixels:
+            raise ImageError(_too_many_pixels(name, f"{image.width} x {image.height}", max_pixels))
+        return _pixels(ImageOps.exif_transpose(image))
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        array = (tensor.permute(1, 2, 0) if tensor.ndim == 3 else tensor).numpy()
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise ImageError(f"{name}: a {type(image).__name__}, not an image; give a path, a PIL image, a numpy array or a tensor")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4) or 0 in array.shape:
+        layout = "(C, H, W)" if isinstance(image, torch.Tensor) else "(H, W, C)"
+        raise ImageError(f"{name}: shape {tuple(image.shape)} is not an image; give (H, W) or {layout} with 1 to 4 channels")
+    if array.shape[0] * array.shape[1] > max_pixels:
+        raise ImageError(_too_many_pixels(name, f"{array.shape[1]} x {array.shape[0]}", max_pixels))
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / (65535.0 if array.dtype.itemsize > 1 else 255.0)
+    values = array.astype(np.float32)
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        raise ImageError(f"{name}: float pixels must lie in [0, 1]; divide 8-bit values by 255")
+    return values
 
 
 @contextlib.contextmanager

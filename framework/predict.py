@@ -1,15 +1,18 @@
-"""Prediction on users' image files with a trained model."""
+"""Prediction on users' images (files, or PIL images, arrays and tensors) with a trained model."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Union
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .errors import ImageError
-from .images import MAX_PIXELS, MAX_WIDTH, find_images, read_image
+from .images import MAX_PIXELS, MAX_WIDTH, find_images, in_memory, prepare, read_image
 from .stages import Decoded
 from .trained import Trained
 
@@ -20,17 +23,20 @@ WINDOW_BATCHES = 4
 
 @dataclass
 class Prediction:
-    """One file's text and confidence, or why it could not be read."""
+    """One image's text and confidence, or why it could not be read. ``path`` is the file's, or
+    None for an image given in memory (``index`` is then its place in the input)."""
 
-    path: Path
+    path: Path | None
     text: str | None = None
     confidence: float | None = None
     error: str | None = None
+    index: int | None = None
 
-    def as_dict(self) -> dict[str, str | float | None]:
+    def as_dict(self) -> dict[str, str | float | int | None]:
+        where: dict[str, str | int | None] = {"file": str(self.path)} if self.path is not None else {"index": self.index}
         if self.error is not None:
-            return {"file": str(self.path), "error": self.error}
-        return {"file": str(self.path), "text": self.text, "confidence": self.confidence}
+            return {**where, "error": self.error}
+        return {**where, "text": self.text, "confidence": self.confidence}
 
 
 @torch.inference_mode()
@@ -44,6 +50,11 @@ def recognise(trained: Trained, images: list[torch.Tensor], beam: int = 1) -> De
     logits, lengths = trained.model(batch.to(device), widths.to(device))
     head = trained.model.head
     return head.decode_beam(logits.float(), lengths, beam) if beam > 1 else head.decode(logits.float(), lengths)
+
+
+#: What ``predict_images`` reads: a file or folder path, a PIL image, an ``(H, W[, C])`` numpy
+#: array or an ``(H, W)`` / ``(C, H, W)`` tensor (uint8, uint16, bool or float in [0, 1]).
+ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
 
 def predict_files(
@@ -61,19 +72,44 @@ def predict_files(
     A file over ``max_pixels`` pixels, or wider than ``max_width`` px once scaled to the
     model's height (default: :data:`~crnnfw.images.MAX_WIDTH`, or the model's own
     ``max_width`` when wider), is that file's error, so memory stays bounded by the batch.
-    Files are read ``WINDOW_BATCHES`` batches at a time, and each window's images are batched
-    by similar width so little padding is computed.
     """
+    return predict_images(trained, [Path(p) for p in paths], polarity=polarity, beam=beam, batch_size=batch_size,
+                          max_pixels=max_pixels, max_width=max_width)
+
+
+def predict_images(
+    trained: Trained,
+    images: Iterable[ImageInput],
+    *,
+    polarity: str = "auto",
+    beam: int = 1,
+    batch_size: int = 64,
+    max_pixels: int = MAX_PIXELS,
+    max_width: int | None = None,
+) -> list[Prediction]:
+    """A prediction per image, in order (a folder path stands for its image files), with the
+    preprocessing ``crnnfw predict`` applies. Images are read ``WINDOW_BATCHES`` batches at a
+    time, and each window is batched by similar width so little padding is computed."""
     limit = max_width if max_width is not None else max(MAX_WIDTH, trained.spec.max_width)
-    found = find_images(paths)
-    results = [Prediction(path, error=f"{path}: {problem}" if problem else None) for path, problem in found]
-    todo = [index for index, (_, problem) in enumerate(found) if not problem]
+    results: list[Prediction] = []
+    loaders: list[tuple[int, Callable[[], torch.Tensor]]] = []
+    for position, image in enumerate(images):
+        if isinstance(image, (str, Path)):
+            for path, problem in find_images([image]):
+                results.append(Prediction(path, error=f"{path}: {problem}" if problem else None))
+                if not problem:
+                    loaders.append((len(results) - 1, functools.partial(read_image, path, trained.spec, polarity, max_pixels=max_pixels, max_width=limit)))
+        else:
+            results.append(Prediction(None, index=position))
+            name = f"image {position}"
+            loaders.append((len(results) - 1, lambda image=image, name=name: prepare(in_memory(image, name, max_pixels), trained.spec, polarity,
+                                                                                       max_width=limit, name=name)))
     window = batch_size * WINDOW_BATCHES
-    for start in range(0, len(todo), window):
+    for start in range(0, len(loaders), window):
         readable: list[tuple[int, torch.Tensor]] = []
-        for index in todo[start : start + window]:
+        for index, load in loaders[start : start + window]:
             try:
-                readable.append((index, read_image(results[index].path, trained.spec, polarity, max_pixels=max_pixels, max_width=limit)))
+                readable.append((index, load()))
             except ImageError as exc:
                 results[index].error = str(exc)
         readable.sort(key=lambda item: item[1].shape[-1])
