@@ -23,6 +23,7 @@ if os.path.basename(sys.argv[0] if sys.argv else "") == "crnnfw" or getattr(sys,
 
 from .augment import AugmentConfig, RandomAffine, TextAugment, TextAugmentConfig  # noqa: E402  (after the OpenMP setting)
 from .batch import Batch
+from .callbacks import Callback, FitState
 from .data import BatchTransform, DataModule, PackedSplit, Split, TensorSplit
 from .errors import (CheckpointError, ConfigError, CrnnfwError, DataError, DataProblems, ExportError, ImageError, ModelError, PluginError,
                      Problem, TrainingError)
@@ -38,6 +39,7 @@ __all__ = [
     "AugmentConfig",
     "Backbone",
     "Batch",
+    "Callback",
     "BatchTransform",
     "CheckpointError",
     "ConfigError",
@@ -47,6 +49,7 @@ __all__ = [
     "DataProblems",
     "Decoded",
     "ExportError",
+    "FitState",
     "Head",
     "ImageError",
     "Metrics",

@@ -79,6 +79,7 @@ class TrainerConfig:
     cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms (GPU; best when image sizes are fixed)
     data_on_device: bool = True  # GPU: hold in-memory datasets on the GPU (false: copy each batch from the host)
     init_from: Optional[str] = None  # fine-tuning: checkpoint or run directory whose matching weights start the model
+    callbacks: List[Any] = field(default_factory=list)  # [{name: early_stopping, patience: 3}, ...]: code run at the loop's events
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -221,8 +222,22 @@ def _check_positive(value: float, key: str, source: str, allow_zero: bool = Fals
 
 def component_config(registry: Registry, cfg: DictConfig, section: str, source: str = "config") -> Any:
     """The typed config (a dataclass instance) of one component section, validated."""
-    kind = COMPONENT_SECTIONS[section]
-    node = OmegaConf.select(cfg, section)
+    return _typed(registry, COMPONENT_SECTIONS[section], OmegaConf.select(cfg, section), section, source)
+
+
+def callback_configs(cfg: DictConfig, registry: Registry, source: str = "config") -> list[tuple[str, Any]]:
+    """``trainer.callbacks`` as (name, typed config) pairs, each validated like a component."""
+    callbacks = cfg.trainer.get("callbacks") or []
+    if not isinstance(callbacks, ListConfig):
+        raise ConfigError(f"{source}: trainer.callbacks: expected a list of sections such as [{{name: early_stopping, patience: 3}}]")
+    typed = []
+    for index, node in enumerate(callbacks):
+        key = f"trainer.callbacks[{index}]"
+        typed.append((node.get("name") if isinstance(node, DictConfig) else None, _typed(registry, "callback", node, key, source)))
+    return typed
+
+
+def _typed(registry: Registry, kind: str, node: Any, section: str, source: str) -> Any:
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{source}: {section}: expected a mapping with a 'name' key")
     name = node.get("name")
@@ -276,6 +291,7 @@ def _resolve(cfg: DictConfig, registry: Registry, source: str) -> DictConfig:
         parent, _, leaf = section.rpartition(".")
         target = out[parent] if parent else out
         target[leaf] = {"name": OmegaConf.select(resolved, section).name, **dataclasses.asdict(typed)}
+    out["trainer"]["callbacks"] = [{"name": name, **dataclasses.asdict(typed)} for name, typed in callback_configs(resolved, registry, source)]
     t = resolved.trainer
     _check_choice(t.precision, PRECISIONS, "trainer.precision", source)
     _check_choice(t.optimizer.name, ("adam", "adamw", "sgd"), "trainer.optimizer.name", source)

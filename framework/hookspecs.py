@@ -92,3 +92,12 @@ def crnnfw_register_datasets(register: Register) -> None:
     the model leaves at its image's width. A factory that finds problems in its data raises
     :class:`crnnfw.DataProblems` with all of them, each with its place.
     """
+
+
+@hookspec
+def crnnfw_register_callbacks(register: Register) -> None:
+    """Register trainer callbacks (``trainer.callbacks: [{name: ..., option: ...}]``).
+
+    Factory signature: ``factory(config) -> Callback``: a :class:`crnnfw.Callback` whose
+    ``on_*`` methods run at the training loop's events (see ``crnnfw.callbacks``).
+    """

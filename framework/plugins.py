@@ -31,6 +31,7 @@ HOOKS = {
     "encoder": "crnnfw_register_encoders",
     "head": "crnnfw_register_heads",
     "dataset": "crnnfw_register_datasets",
+    "callback": "crnnfw_register_callbacks",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError, PluginError
 
-KINDS = ("backbone", "encoder", "head", "dataset")
+KINDS = ("backbone", "encoder", "head", "dataset", "callback")
 
 
 @dataclass(frozen=True)

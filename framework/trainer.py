@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import atomic, checkpoint, distributed, interrupts, pictures, resolvers, rundir
+from .callbacks import Callback, FitState, build_callbacks
 from .config import as_container, to_yaml
 from .data import SPLITS, InputSpec, build_data, on_device
 from .errors import CheckpointError, ConfigError, TrainingError
@@ -126,6 +127,8 @@ class Trainer:
         self.resume = resume
         self.run_dir: Path | None = resume
         self._lock: rundir.RunLock | None = None
+        self._callbacks: list[Callback] = []
+        self._state: FitState | None = None
 
     def fit(self) -> FitResult:
         """Train; one process at a time per run directory. An interrupt (SIGINT, SIGTERM) or a
@@ -137,10 +140,12 @@ class Trainer:
             if self.resume and group.main:
                 self._hold(self.resume)
             return self._fit(cfg, t, group, device_name, out)
-        except (KeyboardInterrupt, atomic.WriteError) as exc:
-            if self.run_dir is not None and (self.run_dir / "checkpoints" / "last.ckpt").is_file():
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, atomic.WriteError)) and self.run_dir is not None and (self.run_dir / "checkpoints" / "last.ckpt").is_file():
                 why = f"interrupted ({exc or 'SIGINT'})" if isinstance(exc, KeyboardInterrupt) else str(exc)
                 out.info(f"{why}; every finished epoch is kept: resume with crnnfw run --resume {self.run_dir}")
+            for callback in self._callbacks:
+                callback.on_exception(self._state, exc)
             raise
         finally:
             out.close()
@@ -206,8 +211,10 @@ class Trainer:
             history = list(resumed.get("history") or [row for row in read_history(run_dir) if row["epoch"] < first_epoch])
             if group.main:
                 repairs = rundir.repair(run_dir, resumed, history)
-            if (first_epoch > t.epochs or step >= total_steps) and _summarised(run_dir, step):
-                raise TrainingError(f"{run_dir}: the run already finished its {t.epochs} epochs; pass trainer.epochs=N (more) to train on")
+            stopped = resumed.get("stopped")
+            if (first_epoch > t.epochs or step >= total_steps or stopped) and _summarised(run_dir, step):
+                why = f"stopped ({stopped})" if stopped else f"finished its {t.epochs} epochs; pass trainer.epochs=N (more) to train on"
+                raise TrainingError(f"{run_dir}: the run already {why}")
         else:
             run_dir = rundir.create_run_dir(cfg.output_dir, cfg.name) if group.main else Path(cfg.output_dir)
             if group.main:
@@ -227,11 +234,21 @@ class Trainer:
         for line in ([choice.warning] if choice.warning else []) + [f"data: {note}" for note in data.notes] + notes + repairs:
             out.info(line)
 
+        state = self._state = FitState(cfg, run_dir, model, monitor.main, monitor.higher_is_better, t.epochs, epoch=first_epoch - 1,
+                                       step=step, history=history, best=best, stop=resumed.get("stopped") if resumed else None,
+                                       records=dict(resumed.get("callback_records") or {}) if resumed else {})
+        callbacks = self._callbacks = build_callbacks(cfg, registry)
+        for callback in callbacks:
+            callback.on_fit_start(state)
+
         started = time.perf_counter()
         evaluation = None
         for epoch in range(first_epoch, t.epochs + 1):
-            if step >= total_steps:
+            if step >= total_steps or state.stop:
                 break
+            state.epoch = epoch
+            for callback in callbacks:
+                callback.on_epoch_start(state)
             # Train one epoch.
             model.train()
             epoch_steps = min(steps_per_epoch, total_steps - step)
@@ -262,6 +279,9 @@ class Trainer:
                 if i % min(10, t.log_every) == 0 or i % t.log_every == 0 or i == epoch_steps:
                     train_metrics.update(model.head.decode(logits.detach().float(), lengths), batch)
                     shown_loss = float(loss_sum) / seen
+                    state.step = step
+                    for callback in callbacks:
+                        callback.on_step(state, shown_loss, scheduler.get_last_lr()[0])
                     if not math.isfinite(shown_loss):
                         kept = f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}" if epoch > 1 else "no checkpoint was written"
                         raise TrainingError(
@@ -316,6 +336,9 @@ class Trainer:
             breakdown = monitor.breakdown(scores)
             if breakdown:
                 out.info(breakdown)
+            state.step = step
+            for callback in callbacks:
+                callback.on_epoch_end(state, row)
 
             # Commit the epoch: last.ckpt (the run's record, holding the history), then best.ckpt
             # when the monitored metric improved, then metrics.jsonl; signals wait until all three
@@ -324,7 +347,7 @@ class Trainer:
             if device.type == "cuda":
                 rng["cuda"] = group.gather(torch.cuda.get_rng_state(device))
             if group.main:
-                state = {
+                record = {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
@@ -342,12 +365,19 @@ class Trainer:
                     "components": components,
                     "crnnfw_version": __version__,
                     "rng": rng,
+                    "stopped": state.stop,
+                    "callback_records": state.records,
                 }
                 with interrupts.deferred():
-                    checkpoint.save(state, run_dir / "checkpoints" / "last.ckpt")
+                    checkpoint.save(record, run_dir / "checkpoints" / "last.ckpt")
                     if improved:
-                        checkpoint.save(state, run_dir / "checkpoints" / "best.ckpt")
+                        checkpoint.save(record, run_dir / "checkpoints" / "best.ckpt")
                     atomic.write_text(run_dir / "metrics.jsonl", _jsonl(history))
+                for callback in callbacks:
+                    for path in [run_dir / "checkpoints" / "last.ckpt"] + ([run_dir / "checkpoints" / "best.ckpt"] if improved else []):
+                        callback.on_checkpoint(state, path)
+            if state.stop:
+                out.info(state.stop)
 
         if evaluation is None:  # resumed after its last epoch, to write what a kill kept it from writing
             out.info("the run had finished its epochs but not its summary; writing it now")
@@ -371,6 +401,8 @@ class Trainer:
             "cpu_capability": cpu_capability(),
             "processes": group.world,
             "data_notes": data.notes,
+            "stopped": state.stop,
+            "callbacks": state.records,
             "components": components,
             "crnnfw_version": __version__,
         }
@@ -378,6 +410,8 @@ class Trainer:
             pictures.draw_run(run_dir, history, evaluation, monitor.main, data.classes)
             pictures.samples_png(data, run_dir / "samples.png")  # training images as augmented, as the model saw them
             atomic.write_text(run_dir / "summary.json", json.dumps(resolvers.redact(summary), indent=2) + "\n")
+        for callback in callbacks:
+            callback.on_fit_end(state, summary)
         final, main = history[-1], monitor.main
         best_test = (best.get("test") or {}).get(main)  # absent in runs begun before val splits existed
         out.info(

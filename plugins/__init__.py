@@ -9,6 +9,7 @@ from .cnn import CNNBackbone, CNNConfig
 from .cnn_chain import CNNChainBackbone, CNNChainConfig
 from .ctc import CTCConfig, CTCHead
 from .dense import DenseConfig, DenseEncoder, FlattenConfig, FlattenEncoder
+from .early_stopping import EarlyStopping, EarlyStoppingConfig
 from .lines import LinesConfig, lines_data
 from .lstm import LSTMConfig, LSTMEncoder
 from .mnist import MNISTConfig, mnist_data
@@ -56,3 +57,9 @@ def crnnfw_register_datasets(register):
              description="Text lines rendered offline with TrueType fonts (system or given; glyph coverage checked), fresh every epoch")
     register("multidigit", multidigit_data, config=MultiDigitConfig,
              description="Variable-width strings of MNIST digits (1-8 by default; val from held-out train digits, test from test digits)")
+
+
+@crnnfw.hookimpl
+def crnnfw_register_callbacks(register):
+    register("early_stopping", EarlyStopping, config=EarlyStoppingConfig,
+             description="Stop when the val metric has not improved for `patience` epochs (recorded in summary.json)")
