@@ -148,6 +148,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.example:  # the recipe as written, comments and all, to start a config from
+        if args.overrides:
+            raise CrnnfwError("config --example: takes a config name only; edit the file it prints instead of overriding")
+        sys.stdout.write(config_mod.read_config_text(config_mod.find_config(args.config)))
+        return 0
     cfg = _resolved(args.config, args.overrides, args.allow_env)
     sys.stdout.write(config_mod.to_yaml(cfg))
     return 0
@@ -308,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train the model a config describes")
-    run.add_argument("config", nargs="?", help="YAML config file, e.g. configs/mnist_crnn.yaml")
+    run.add_argument("config", nargs="?", help="YAML config file, e.g. configs/mnist_crnn.yaml, or a built-in config's name (mnist_crnn)")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. trainer.epochs=3")
     run.add_argument("--resume", metavar="RUN_DIR|last", help="continue a run from its last checkpoint (last: the newest run of CONFIG)")
     run.add_argument("--init-from", metavar="CKPT", help="fine-tune: start from the matching weights of a checkpoint or run directory")
@@ -352,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     show = sub.add_parser("config", help="print the resolved config (defaults filled in, overrides applied)")
-    show.add_argument("config")
+    show.add_argument("config", help="a YAML file, or a built-in config's name (mnist_crnn, multidigit_ctc, zoo/cnn_lstm, ...)")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     show.add_argument("--allow-env", action="store_true", help=ALLOW_ENV_HELP)
+    show.add_argument("--example", action="store_true", help="print the config file as written (a built-in one by name: crnnfw config --example mnist_crnn > my.yaml)")
     show.set_defaults(func=cmd_config)
 
     plugins = sub.add_parser("plugins", help="list plugins and the components they provide; 'plugins show NAME' for options")

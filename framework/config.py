@@ -14,6 +14,7 @@ import io
 import os
 import re
 import stat
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -147,9 +148,26 @@ def _merge(schema: DictConfig, user: Any, prefix: str, source: str) -> DictConfi
         raise _schema_error(exc, prefix, source, _fields_at(schema, getattr(exc, "full_key", "") or "")) from None
 
 
-def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Read a YAML config and apply ``key=value`` overrides (not yet validated)."""
+def builtin_configs() -> dict[str, Path]:
+    """The recipes installed with crnnfw, by name (``mnist_crnn``, ``zoo/cnn_lstm``)."""
+    root = Path(resources.files("crnnfw.configs"))
+    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` itself when it exists (a file path always wins), else the built-in config of
+    that name (``mnist_crnn`` or ``mnist_crnn.yaml``)."""
     path = Path(path)
+    if os.path.lexists(path):
+        return path
+    name = str(path.with_suffix("")) if path.suffix in (".yaml", ".yml") else str(path)
+    return builtin_configs().get(name.removeprefix("configs/"), path)  # the README's configs/... from any folder
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Read a YAML config (a file, or a built-in config's name) and apply ``key=value``
+    overrides (not yet validated)."""
+    path = find_config(path)
     text = read_config_text(path)
     # YAML aliases can expand a short file into millions of nodes; plain YAML has at most one
     # node per byte, so a limit of the file's size lets any real list through and stops bombs.
@@ -171,8 +189,9 @@ def read_config_text(path: Path) -> str:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        kind = "a broken symbolic link" if path.is_symlink() else "no such config file"
-        raise ConfigError(f"{path}: {kind}") from None
+        if path.is_symlink():
+            raise ConfigError(f"{path}: a broken symbolic link") from None
+        raise ConfigError(f"{path}: no such config file (built-in configs: {', '.join(builtin_configs())})") from None
     except OSError as exc:
         kind = "a symbolic link loop" if exc.errno == errno.ELOOP else f"cannot read it ({exc.strerror or exc})"
         raise ConfigError(f"{path}: {kind}") from None
@@ -227,8 +246,8 @@ def component_config(registry: Registry, cfg: DictConfig, section: str, source: 
 
 def callback_configs(cfg: DictConfig, registry: Registry, source: str = "config") -> list[tuple[str, Any]]:
     """``trainer.callbacks`` as (name, typed config) pairs, each validated like a component."""
-    callbacks = cfg.trainer.get("callbacks") or []
-    if not isinstance(callbacks, ListConfig):
+    callbacks = cfg.trainer.get("callbacks", [])
+    if not isinstance(callbacks, (ListConfig, list)):
         raise ConfigError(f"{source}: trainer.callbacks: expected a list of sections such as [{{name: early_stopping, patience: 3}}]")
     typed = []
     for index, node in enumerate(callbacks):

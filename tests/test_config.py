@@ -124,3 +124,19 @@ def test_interpolations_are_resolved_once_and_stored_as_text(tmp_path, cli):
     assert reread.code == 0, reread.err
     cfg = OmegaConf.create(reread.out)
     assert cfg.seed == 3 and cfg.data.root == "keep ${this} as text"
+
+
+def test_built_in_configs_by_name_from_any_folder(tmp_path, monkeypatch, cli):
+    from .conftest import FP32, ROOT
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: what a pip user has
+    example = cli("config", "--example", "multidigit_ctc")
+    assert example.code == 0 and example.out == (ROOT / "configs" / "multidigit_ctc.yaml").read_text()
+    assert cli("config", "configs/zoo/cnn_lstm.yaml").code == 0  # the README's paths work too
+    (tmp_path / "mnist_crnn.yaml").write_text("name: mine\ndata: {name: mnist}\n")
+    assert "name: mine" in cli("config", "mnist_crnn.yaml").out  # a file path wins
+    run = cli("run", "mnist_crnn", FP32, "data.train_limit=256", "data.val_size=128", "data.test_limit=128", "trainer.epochs=1")
+    assert run.code == 0, run.err
+    assert len(list((tmp_path / "runs" / "mnist_crnn").iterdir())) == 1
+    unknown = cli("config", "mnist_crn")
+    assert unknown.code == 2 and "built-in configs: lines_ctc, mnist_crnn" in unknown.err
