@@ -80,6 +80,7 @@ class TrainerConfig:
     cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms (GPU; best when image sizes are fixed)
     data_on_device: bool = True  # GPU: hold in-memory datasets on the GPU (false: copy each batch from the host)
     init_from: Optional[str] = None  # fine-tuning: checkpoint or run directory whose matching weights start the model
+    checkpoint_every: str = "off"  # also save last.ckpt within an epoch: off | N (steps) | N min; a kill then loses at most that much
     callbacks: List[Any] = field(default_factory=list)  # [{name: early_stopping, patience: 3}, ...]: code run at the loop's events
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -324,11 +325,32 @@ def _resolve(cfg: DictConfig, registry: Registry, source: str) -> DictConfig:
     _check_positive(t.optimizer.lr, "trainer.optimizer.lr", source)
     for key in ("max_steps", "grad_clip", "num_threads"):
         _check_positive(t[key], f"trainer.{key}", source, allow_zero=True)
+    try:
+        checkpoint_interval(t.checkpoint_every, distributed_run=False)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if not 0 < t.val_fraction < 1:
         raise ConfigError(f"{source}: trainer.val_fraction: must be between 0 and 1 (exclusive), got {t.val_fraction}")
     if t.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", t.device):
         raise ConfigError(f"{source}: trainer.device: '{t.device}' is not one of auto, cpu, cuda, cuda:N{suggest(t.device, ('auto', 'cpu', 'cuda'))}")
     return OmegaConf.create(resolvers.literal(out))
+
+
+def checkpoint_interval(every: str, distributed_run: bool) -> tuple[int, float]:
+    """``trainer.checkpoint_every`` as (steps, seconds): ``off``, ``500`` or ``500 steps``, ``10 min``."""
+    text = str(every).strip().lower()
+    if text in ("off", "0", "none", "false"):
+        return 0, 0.0
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(steps?|m|min|minutes?)?", text)
+    if not found or float(found.group(1)) <= 0:
+        raise ConfigError(f"trainer.checkpoint_every: '{every}' is not off, a number of steps (500) or minutes (10 min)")
+    if found.group(2) in (None, "step", "steps"):
+        if not found.group(1).isdigit():
+            raise ConfigError(f"trainer.checkpoint_every: '{every}': steps are a whole number")
+        return int(found.group(1)), 0.0
+    if distributed_run:
+        raise ConfigError(f"trainer.checkpoint_every: '{every}': under torchrun give steps, which every process counts alike")
+    return 0, float(found.group(1)) * 60
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -17,7 +17,7 @@ from .rundir import latest_run
 #: (speed options such as ``compile`` may change the last bits of floating-point results),
 #: except ``epochs`` (train on) and ``max_steps``; ``name`` and ``output_dir`` locate ``--resume last``.
 RESUMABLE = ("trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.num_threads", "trainer.device",
-             "trainer.eval_batch_size", "trainer.compile", "trainer.cudnn_benchmark", "trainer.data_on_device",
+             "trainer.eval_batch_size", "trainer.compile", "trainer.checkpoint_every", "trainer.cudnn_benchmark", "trainer.data_on_device",
              "name", "output_dir")
 
 

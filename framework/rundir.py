@@ -121,6 +121,8 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     if not last.is_file():
         return best if best.is_file() else None
     record = checkpoint.load(last, weights=False)
+    if record.get("partial"):  # taken within an epoch: not a model of any finished epoch
+        return best if best.is_file() else last
     if record["best"].get("epoch") == record["epoch"] and (not best.is_file() or checkpoint.load(best, weights=False)["epoch"] != record["epoch"]):
         return last
     return best if best.is_file() else last
@@ -131,7 +133,7 @@ def repair(run_dir: Path, state: dict[str, Any], history: list[dict[str, Any]]) 
     a kill, rewrite a stale ``best.ckpt`` and ``metrics.jsonl``. Returns what it did."""
     done = [f"removed {p.name}, left by an interrupted save" for p in atomic.remove_leftovers(run_dir / CHECKPOINTS) + atomic.remove_leftovers(run_dir)]
     last = run_dir / CHECKPOINTS / "last.ckpt"
-    if best_checkpoint(run_dir) == last and state["best"].get("epoch") == state["epoch"]:
+    if not state.get("partial") and best_checkpoint(run_dir) == last and state["best"].get("epoch") == state["epoch"]:
         atomic.write_bytes(run_dir / CHECKPOINTS / "best.ckpt", last.read_bytes())
         done.append(f"best.ckpt rewritten from last.ckpt (epoch {state['epoch']}, the best; a kill had cut its save)")
     return done

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from . import atomic, checkpoint, distributed, interrupts, pictures, resolvers, rundir
 from .callbacks import Callback, FitState, build_callbacks
-from .config import as_container, to_yaml
+from .config import as_container, checkpoint_interval, to_yaml
 from .data import SPLITS, InputSpec, build_data, on_device
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluation import evaluate
@@ -207,6 +207,7 @@ class Trainer:
             restore_rng(resumed["rng"], generator, group.rank, device)
             best, step, train_seconds = dict(resumed["best"]), resumed["step"], resumed["train_seconds"]
             first_epoch = resumed["epoch"] + 1
+            partial = resumed.get("partial")  # a checkpoint from within epoch first_epoch
             # The checkpoint is the run's record: its history wins over a metrics.jsonl a kill cut short.
             history = list(resumed.get("history") or [row for row in read_history(run_dir) if row["epoch"] < first_epoch])
             if group.main:
@@ -220,6 +221,7 @@ class Trainer:
             if group.main:
                 self._hold(run_dir)
             history = []
+            partial = None
         if group.main:
             atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
             atomic.write_text(run_dir / "metrics.jsonl", _jsonl(history))
@@ -229,7 +231,8 @@ class Trainer:
             f"crnnfw {__version__} | run {run_dir} | {device.type} {choice}{workers} | "
             f"{count_parameters(model):,} parameters | train {len(data.train):,} val {len(data.val):,} test {len(data.test):,} | "
             f"{t.epochs} epochs x {steps_per_epoch} steps"
-            + (f" | resumed after epoch {first_epoch - 1} (step {step})" if resumed else "")
+            + (f" | resumed after epoch {first_epoch - 1} (step {step})" if resumed and not partial else "")
+            + (f" | resumed in epoch {first_epoch} after its batch {partial['batches']} (step {step})" if partial else "")
         )
         for line in ([choice.warning] if choice.warning else []) + [f"data: {note}" for note in data.notes] + notes + repairs:
             out.info(line)
@@ -241,6 +244,37 @@ class Trainer:
         for callback in callbacks:
             callback.on_fit_start(state)
 
+        def snapshot(epoch_done: int, **extra: Any) -> dict[str, Any] | None:
+            """The checkpoint's contents after ``epoch_done`` finished epochs (every rank takes
+            part in gathering the random states; rank 0 gets the record)."""
+            rng = {"python": random.getstate(), "torch": group.gather(torch.get_rng_state()), "data": generator.get_state()}
+            if device.type == "cuda":
+                rng["cuda"] = group.gather(torch.cuda.get_rng_state(device))
+            if not group.main:
+                return None
+            return {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch_done,
+                "step": step,
+                "best": dict(best),
+                "train_seconds": train_seconds,
+                "history": history,
+                "config": as_container(cfg),
+                "classes": list(data.classes),
+                "input": spec,
+                "decoding": model.head.export_metadata(),
+                "components": components,
+                "crnnfw_version": __version__,
+                "rng": rng,
+                "stopped": state.stop,
+                "callback_records": state.records,
+                **extra,
+            }
+
+        every_steps, every_seconds = checkpoint_interval(t.checkpoint_every, group.enabled)
         started = time.perf_counter()
         evaluation = None
         for epoch in range(first_epoch, t.epochs + 1):
@@ -251,16 +285,26 @@ class Trainer:
                 callback.on_epoch_start(state)
             # Train one epoch.
             model.train()
-            epoch_steps = min(steps_per_epoch, total_steps - step)
+            done = partial["batches"] if partial else 0  # batches of this epoch trained before a mid-epoch checkpoint
+            epoch_steps = min(steps_per_epoch, total_steps - (step - done))
             out.start_epoch(epoch, t.epochs, epoch_steps)
-            epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            seen = 0
+            epoch_start = time.perf_counter() - (partial["seconds"] if partial else 0.0)
+            loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
+            seen = partial["seen"] if partial else 0
             shown_loss = None
-            train_metrics = model.head.metrics()  # sampled at the steps that sync anyway
+            train_metrics = model.head.metrics()  # sampled at the steps that sync anyway (after a resume: from there)
+            if partial:  # the epoch's data order, replayed up to where the checkpoint was taken
+                generator.set_state(partial["data_rng"])
+            epoch_rng = generator.get_state()
             batches = itertools.islice(data.train.batches(t.batch_size, shuffle=True, generator=generator), epoch_steps)
+            for _ in range(done):
+                next(batches)
+            if partial:
+                restore_rng(resumed["rng"], generator, group.rank, device)
+                partial = None
+            last_saved, saved_at = step, time.perf_counter()
             # A split that decodes only this rank's share of each batch (``shards_by_rank``) is not cut again.
-            for i, batch in enumerate(batches if getattr(data.train, "shards_by_rank", False) else group.shard(batches), start=1):
+            for i, batch in enumerate(batches if getattr(data.train, "shards_by_rank", False) else group.shard(batches), start=done + 1):
                 batch = batch.to(device, non_blocking=True)
                 with autocast(device, choice.precision):
                     logits, lengths = net(batch.images, batch.widths)
@@ -289,6 +333,16 @@ class Trainer:
                             "trainer.optimizer.lr, set trainer.grad_clip (e.g. 1.0) or use trainer.precision=32-true"
                         )
                 out.step(i, len(batch) * group.world, shown_loss, scheduler.get_last_lr()[0])
+                due = (every_steps and step - last_saved >= every_steps) or (every_seconds and time.perf_counter() - saved_at >= every_seconds)
+                if due and i < epoch_steps:  # the epoch's last step gets the full commit below
+                    progress = {"epoch": epoch, "batches": i, "data_rng": epoch_rng, "loss_sum": float(loss_sum), "seen": seen,
+                                "seconds": time.perf_counter() - epoch_start}
+                    record = snapshot(epoch - 1, partial=progress)
+                    if record is not None:
+                        checkpoint.save(record, run_dir / "checkpoints" / "last.ckpt")
+                        for callback in callbacks:
+                            callback.on_checkpoint(state, run_dir / "checkpoints" / "last.ckpt")
+                    last_saved, saved_at = step, time.perf_counter()
             out.end_epoch()
             report = getattr(data.train, "epoch_report", None)
             trouble = report() if callable(report) else None
@@ -343,31 +397,8 @@ class Trainer:
             # Commit the epoch: last.ckpt (the run's record, holding the history), then best.ckpt
             # when the monitored metric improved, then metrics.jsonl; signals wait until all three
             # are written, and a kill between them is repaired on resume (rundir.repair).
-            rng = {"python": random.getstate(), "torch": group.gather(torch.get_rng_state()), "data": generator.get_state()}
-            if device.type == "cuda":
-                rng["cuda"] = group.gather(torch.cuda.get_rng_state(device))
-            if group.main:
-                record = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "best": dict(best),
-                    "train_seconds": train_seconds,
-                    "metrics": {"val": scores, "test": evaluation.scores},
-                    "history": history,
-                    "config": as_container(cfg),
-                    "classes": list(data.classes),
-                    "input": spec,
-                    "decoding": model.head.export_metadata(),
-                    "components": components,
-                    "crnnfw_version": __version__,
-                    "rng": rng,
-                    "stopped": state.stop,
-                    "callback_records": state.records,
-                }
+            record = snapshot(epoch, metrics={"val": scores, "test": evaluation.scores})
+            if record is not None:
                 with interrupts.deferred():
                     checkpoint.save(record, run_dir / "checkpoints" / "last.ckpt")
                     if improved:

@@ -147,6 +147,9 @@ def _cases(run: str, files: str):
         ("fp16 on cpu", ["run", MNIST_CONFIG, *QUICK, "trainer.precision=16-mixed", "trainer.device=cpu", out], "16-mixed needs a CUDA GPU"),
         ("section as value", ["run", MNIST_CONFIG, "trainer.optimizer=sgd", out], "expected a section"),
         ("bad collapse", ["run", MNIST_CONFIG, "model.collapse=sum", out], "model.collapse"),
+        ("bad checkpoint interval", ["run", MNIST_CONFIG, "trainer.checkpoint_every=often", out], "trainer.checkpoint_every: 'often' is not off"),
+        ("unknown callback", ["run", MNIST_CONFIG, "trainer.callbacks=[{{name: early_stoping}}]", out], "did you mean 'early_stopping'"),
+        ("callback option", ["run", MNIST_CONFIG, "trainer.callbacks=[{{name: early_stopping, patience: 0}}]", out], "trainer.callbacks[0]: patience: must be >= 1"),
         # Configs: components and their options.
         ("unknown backbone", ["run", MNIST_CONFIG, "model.backbone.name=vgg", out], "model.backbone.name"),
         ("unknown encoder", ["run", MNIST_CONFIG, "model.encoder.name=transformer", out], "model.encoder.name"),

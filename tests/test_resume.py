@@ -26,28 +26,40 @@ def _crnnfw(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "crnnfw", *map(str, args)]
 
 
-def test_a_killed_run_resumes_to_bit_identical_weights(tmp_path, cli):
-    assert cli("run", MNIST_CONFIG, *SMALL, f"output_dir={tmp_path}", "name=straight").code == 0
+def _partial(path: Path) -> dict | None:
+    """The mid-epoch progress a last.ckpt records, or None (an epoch's end, or not there yet)."""
+    try:
+        return checkpoint.load(path, weights=False).get("partial")
+    except Exception:  # not written yet
+        return None
+
+
+def test_a_run_killed_mid_epoch_resumes_to_bit_identical_weights(tmp_path, cli):
+    """SIGKILL just after a mid-epoch checkpoint (trainer.checkpoint_every): the resumed run
+    replays the epoch's data order to that batch and ends where the uninterrupted one did."""
+    args = [*SMALL, "trainer.checkpoint_every=10", f"output_dir={tmp_path}"]
+    assert cli("run", MNIST_CONFIG, *args, "name=straight").code == 0
     (straight,) = (tmp_path / "straight").iterdir()
 
-    process = subprocess.Popen(_crnnfw("run", MNIST_CONFIG, *SMALL, f"output_dir={tmp_path}", "name=killed"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "killed").glob("*/checkpoints/last.ckpt")):
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read().decode()
-        time.sleep(0.05)
+    process = subprocess.Popen(_crnnfw("run", MNIST_CONFIG, *args, "name=killed"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seed = int(os.environ.get("CRNNFW_KILL_SEED", random.randrange(1 << 16)))  # CRNNFW_KILL_SEED=N replays a failure
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))  # somewhere in epoch 2
-    assert process.poll() is None, f"the run ended before it could be killed (kill seed {seed})"
+    wanted = random.Random(seed).randint(1, 4)  # which mid-epoch checkpoint to kill after
+    deadline, seen = time.monotonic() + 300, set()
+    while len(seen) < wanted:
+        assert process.poll() is None and time.monotonic() < deadline, f"{process.stderr.read().decode()} (kill seed {seed})"
+        found = _partial(next(iter((tmp_path / "killed").glob("*/checkpoints/last.ckpt")), Path("none")))
+        if found:
+            seen.add((found["epoch"], found["batches"]))
+        time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     (killed,) = (tmp_path / "killed").iterdir()
     before = checkpoint.load(killed / "checkpoints" / "last.ckpt")
-    assert before["epoch"] < 4
+    assert before.get("partial"), f"the run passed its mid-epoch checkpoint before the kill (kill seed {seed})"
 
     resumed = cli("run", "--resume", killed)
     assert resumed.code == 0, f"{resumed.err} (kill seed {seed})"
-    assert f"resumed after epoch {before['epoch']}" in resumed.out
+    assert f"resumed in epoch {before['partial']['epoch']} after its batch {before['partial']['batches']}" in resumed.out
 
     a = checkpoint.load(straight / "checkpoints" / "last.ckpt")
     b = checkpoint.load(killed / "checkpoints" / "last.ckpt")
