@@ -14,6 +14,7 @@ Environment:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -23,7 +24,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, first_line
-from .registry import KINDS, DuplicateComponentError, Registry
+from .registry import KINDS, DuplicateComponentError, Registry, suggest
 
 ENTRY_POINT_GROUP = "crnnfw"
 HOOKS = {
@@ -109,10 +110,20 @@ def get_registry() -> Registry:
 
 
 def _fail(info: PluginInfo, what: str, exc: BaseException) -> None:
-    info.error = f"{what}: {type(exc).__name__}: {first_line(exc)}"
+    info.error = f"{what}: {type(exc).__name__}: {_reason(exc)}"
     if _env_flag("CRNNFW_STRICT_PLUGINS"):
         raise PluginError(f"plugin '{info.name}' ({info.distribution}) {info.error}") from exc
     print(f"crnnfw: warning: plugin '{info.name}' ({info.distribution}) {info.error}", file=sys.stderr)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a plugin's failure. pluggy's validation errors put the reason on later lines
+    (an argument the hook does not have, an unknown hook): keep it, and suggest the hook meant."""
+    if not isinstance(exc, pluggy.PluginValidationError):
+        return first_line(exc)
+    text = " ".join(str(exc).split())
+    found = re.search(r"unknown hook '(\w+)'", text)
+    return text + (suggest(found.group(1), list(HOOKS.values())) if found else "")
 
 
 def _candidates() -> list[tuple[PluginInfo, Any]]:

@@ -143,3 +143,52 @@ def test_plugin_guide_documents_every_hook_as_specified():
             assert f"### `{name}`" in guide, name
             signature = next(line.strip() for line in getattr(hookspecs, name).__doc__.splitlines() if "Factory signature" in line)
             assert " ".join(signature.split()) in " ".join(guide.split()), name
+
+
+def test_hook_mistakes_say_why_and_suggest_the_hook(extra_plugin, cli):
+    def crnnfw_register_backbones(reg):  # the argument must be named `register`
+        pass
+
+    def crnnfw_register_backbone(register):  # one letter short of the hook
+        pass
+
+    extra_plugin("wrong_argument", crnnfw_register_backbones=crnnfw_register_backbones)
+    extra_plugin("wrong_hook", crnnfw_register_backbone=crnnfw_register_backbone)
+    listed = {p["name"]: p for p in json.loads(cli("plugins", "--json").out)}
+    assert "Argument(s) {'reg'} are declared in the hookimpl but can not be found in the hookspec" in listed["wrong_argument"]["error"]
+    assert "did you mean 'crnnfw_register_backbones'?" in listed["wrong_hook"]["error"]
+
+
+def _python_blocks(path, containing: str) -> str:
+    import re
+
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S) if containing in b]
+    return block
+
+
+def test_the_readme_and_notebook_plugins_train_as_written(tmp_path, monkeypatch):
+    import types
+
+    import crnnfw
+    from crnnfw import plugins
+
+    from .conftest import FP32, ROOT
+
+    module = types.ModuleType("my_package_plugin")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(_python_blocks(ROOT / "README.md", "my_package/plugin.py"), "README.md", "exec"), module.__dict__)
+    plugins.register_plugin(module, name="readme_tiny")
+    try:
+        run = crnnfw.train("mnist_crnn", [FP32, "model.backbone.name=tiny", "trainer.epochs=1", "data.train_limit=500", "data.val_size=200",
+                                          "data.test_limit=200"], output_dir=str(tmp_path / "readme"))
+    finally:
+        plugins.unregister_plugin("readme_tiny")
+    assert run.summary["components"]["backbone"]["name"] == "tiny"
+
+    notebook = _python_blocks(ROOT / "docs" / "plugins.md", "class NotebookPlugin")
+    notebook = notebook.replace('"data.train_limit=2000"', f'"data.train_limit=500", "data.val_size=200", "data.test_limit=200", "{FP32}"')
+    namespace = {"__name__": "notebook"}
+    monkeypatch.setitem(sys.modules, "notebook", types.ModuleType("notebook"))
+    exec(compile(notebook.replace("/tmp/crnnfw-notebook", str(tmp_path / "notebook")), "docs/plugins.md", "exec"), namespace)
+    plugins.unregister_plugin("notebook")
+    assert namespace["run"].summary["components"]["backbone"]["plugin"] == "notebook"
