@@ -105,8 +105,13 @@ TEST = '''"""The backbone keeps crnnfw's stage contract (shapes, lengths, paddin
 
 import torch
 
-from crnnfw.testing import check_backbone
+from crnnfw.testing import check_backbone, check_registered
 from {package} import {cls}, {cls}Config
+
+
+def test_crnnfw_finds_and_builds_it():
+    backbone = check_registered("backbone", "{package}", distribution="{dist}")
+    assert isinstance(backbone, {cls})
 
 
 def test_backbone_conforms():

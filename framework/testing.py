@@ -4,10 +4,13 @@ Each ``check_*`` function builds small real inputs, runs the component against i
 contract and raises :class:`ConformanceError` (an AssertionError, so pytest reports it like a
 failed assert) naming the rule that broke::
 
-    from crnnfw.testing import check_backbone
+    from crnnfw.testing import check_backbone, check_registered
 
     def test_my_backbone_conforms():
         check_backbone(MyBackbone(MyConfig(), in_channels=1), in_channels=1, in_height=32)
+
+    def test_crnnfw_finds_it():
+        check_registered("backbone", "my_backbone", distribution="my-backbone")
 """
 
 from __future__ import annotations
@@ -243,3 +246,50 @@ def check_head(head: Head, batch: Batch, *, in_features: int, steps: int = 20, s
         trace = (torch.randn(2, steps + 5, in_features, generator=generator), torch.tensor([steps + 5, steps]))
         runs = [(seq, lengths), (seq[:1, :3], lengths[:1].clamp(max=3))]
         _check_onnx(head, trace, runs, (("seq", "lengths"), ("logits",)), 1, 1e-4)
+
+
+#: What each kind's factory is called with when ``check_registered`` builds it.
+_PROBES = {
+    "backbone": (Backbone, {"in_channels": 1, "in_height": 32}),
+    "encoder": (SequenceEncoder, {"in_features": 8}),
+    "head": (Head, {"in_features": 8, "classes": ("a", "b", "c")}),
+}
+
+
+def check_registered(kind: str, name: str, distribution: str | None = None, config: object | None = None) -> object:
+    """The component as crnnfw finds it through the entry points: registered under ``name``
+    by a plugin that loaded (from ``distribution``, when given), and built by its factory from
+    ``config`` (default: its config class's defaults) into the right stage type. Returns what
+    was built (None for a dataset, which is not built here: that would read its data).
+
+    This catches what a component's own tests cannot: a misspelled hook, a wrong entry-point
+    group, a factory that is not callable the way the engine calls it.
+    """
+    from .callbacks import Callback
+    from .plugins import get_host
+
+    host = get_host()
+    names = [c.name for c in host.registry.all() if c.kind == kind]
+    failed = [f"{p.name} ({p.distribution}): {p.error}" for p in host.plugins if p.error]
+    _require(name in names, f"no {kind} named '{name}' is registered (registered: {', '.join(names) or 'none'}"
+                            + (f"; plugins that failed: {'; '.join(failed)}" if failed else "")
+                            + "); check the entry point in the [project.entry-points.crnnfw] group and the hook's name")
+    component = host.registry.get(kind, name)
+    if distribution is not None:
+        _require(component.distribution == distribution or component.distribution.startswith(f"{distribution} "),
+                 f"{kind} '{name}' comes from {component.distribution}, not {distribution}")
+    if config is None:
+        try:
+            config = component.config()
+        except TypeError as exc:
+            raise ConformanceError(f"{kind} '{name}': its config class needs values ({first_line(exc)}); pass config=") from None
+    if kind == "dataset":
+        return None
+    expected, arguments = _PROBES.get(kind, (Callback, {}))
+    try:
+        built = component.factory(config, **arguments)
+    except TypeError as exc:
+        signature = ", ".join(["config", *(f"{k}=..." for k in arguments)])
+        raise ConformanceError(f"{kind} '{name}': its factory cannot be called as factory({signature}): {first_line(exc)}") from None
+    _require(isinstance(built, expected), f"{kind} '{name}': its factory built a {type(built).__name__}, not a crnnfw.{expected.__name__}")
+    return built

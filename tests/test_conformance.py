@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch import nn
 
 import crnnfw
-from crnnfw.testing import ConformanceError, check_backbone, check_encoder, check_head
+from crnnfw.testing import ConformanceError, check_backbone, check_encoder, check_head, check_registered
 from crnnfw_plugins.cnn import CNNBackbone, CNNConfig
 from crnnfw_plugins.cnn_chain import CNNChainBackbone, CNNChainConfig
 from crnnfw_plugins.ctc import CTCConfig, CTCHead
@@ -141,3 +143,41 @@ def test_dense_conforms(options):
 def test_flatten_conforms(options):
     torch.manual_seed(0)
     check_encoder(FlattenEncoder(FlattenConfig(**options), in_features=12), in_features=12)
+
+
+def test_check_registered_catches_what_a_components_own_tests_cannot(extra_plugin):
+    @dataclass
+    class OneConfig:
+        channels: int = 4
+
+    class One(crnnfw.Backbone):
+        def __init__(self, config, in_channels):  # lacks the keyword-only in_height the engine passes
+            super().__init__()
+            self.conv = torch.nn.Conv2d(in_channels, config.channels, 1)
+            self.out_channels = config.channels
+
+        def out_height(self, in_height):
+            return in_height
+
+        def out_lengths(self, widths):
+            return widths
+
+        def forward(self, images, widths):
+            return self.conv(images), widths
+
+    def crnnfw_register_backbone(register):  # misspelled: the plugin fails to load
+        register("typo", One, config=OneConfig)
+
+    def crnnfw_register_backbones(register):
+        register("class_as_factory", One, config=OneConfig)
+        register("right", lambda config, *, in_channels, in_height: One(config, in_channels), config=OneConfig)
+
+    extra_plugin("typo_plugin", crnnfw_register_backbone=crnnfw_register_backbone)
+    extra_plugin("class_plugin", crnnfw_register_backbones=crnnfw_register_backbones)
+    with pytest.raises(ConformanceError, match="no backbone named 'typo'.*typo_plugin.*did you mean 'crnnfw_register_backbones'"):
+        check_registered("backbone", "typo")
+    with pytest.raises(ConformanceError, match=r"cannot be called as factory\(config, in_channels=..., in_height=...\)"):
+        check_registered("backbone", "class_as_factory")
+    with pytest.raises(ConformanceError, match="comes from registered in code, not acme"):
+        check_registered("backbone", "right", distribution="acme")
+    assert isinstance(check_registered("backbone", "right", distribution="registered in code"), One)
