@@ -51,3 +51,13 @@ class Batch:
             for v in [getattr(self, f.name)]
         }
         return Batch(**moved)
+
+
+def pad_right(images: list[Tensor], value: float = 0.0, extra: int = 0) -> tuple[Tensor, Tensor]:
+    """``(C, H, W_i)`` images as one ``(N, C, H, max W_i + extra)`` batch, right-padded with
+    ``value`` (the background), and their widths: the layout every stage is given."""
+    widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.long)
+    batch = images[0].new_full((len(images), *images[0].shape[:-1], int(widths.max()) + extra), value)
+    for i, image in enumerate(images):
+        batch[i, ..., : image.shape[-1]] = image
+    return batch, widths

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import atomic
+from .batch import pad_right
 from .data import InputSpec
 from .errors import ExportError, first_line
 from .images import describe as describe_preprocessing
@@ -137,10 +138,7 @@ def compare(reference: Sequence[Tensor], candidate: Sequence[Tensor], names: Seq
 def _example(spec: InputSpec, widths: Sequence[int], seed: int) -> tuple[Tensor, Tensor]:
     """Random images of the model's geometry at ``widths``, right-padded with the background."""
     generator = torch.Generator().manual_seed(seed)
-    images = torch.full((len(widths), spec.channels, spec.height, max(widths)), spec.background)
-    for i, width in enumerate(widths):
-        images[i, ..., :width] = torch.rand(spec.channels, spec.height, width, generator=generator)
-    return images, torch.tensor(list(widths))
+    return pad_right([torch.rand(spec.channels, spec.height, width, generator=generator) for width in widths], spec.background)
 
 
 def metadata(trained: Trained, unpadded: bool = False) -> dict[str, str]:

@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from .batch import pad_right
 from .config import component_config
 from .data import SPLITS, DataModule
 from .errors import ModelError, first_line
@@ -94,10 +95,7 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
     names = names or {}
     widths_list = sorted({data.min_width, data.max_width, (data.min_width + data.max_width) // 2 + 1} - {0})
     widths_list = [w for w in widths_list if data.min_width <= w <= data.max_width] or [data.max_width]
-    widths = torch.tensor(widths_list, dtype=torch.long)
-    images = torch.zeros(len(widths_list), data.channels, data.height, max(widths_list))
-    for i, w in enumerate(widths_list):
-        images[i, :, :, :w] = torch.rand(data.channels, data.height, w, generator=torch.Generator().manual_seed(i))
+    images, widths = pad_right([torch.rand(data.channels, data.height, w, generator=torch.Generator().manual_seed(i)) for i, w in enumerate(widths_list)])
     shape = tuple(images.shape)
 
     def stage(kind: str) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .batch import pad_right
 from .errors import ImageError
 from .images import MAX_PIXELS, MAX_WIDTH, find_images, in_memory, prepare, read_image
 from .stages import Decoded
@@ -42,10 +43,7 @@ class Prediction:
 @torch.inference_mode()
 def recognise(trained: Trained, images: list[torch.Tensor], beam: int = 1) -> Decoded:
     """Texts for ``(C, H, W_i)`` images of the model's height, right-padded into one batch."""
-    widths = torch.tensor([image.shape[-1] for image in images])
-    batch = torch.full((len(images), trained.spec.channels, trained.spec.height, int(widths.max())), trained.spec.background)
-    for i, image in enumerate(images):
-        batch[i, ..., : image.shape[-1]] = image
+    batch, widths = pad_right(images, trained.spec.background)
     device = next(trained.model.parameters()).device
     logits, lengths = trained.model(batch.to(device), widths.to(device))
     head = trained.model.head

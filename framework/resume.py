@@ -8,10 +8,9 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from . import config as config_mod
-from . import resolvers
+from . import resolvers, rundir
 from .errors import ConfigError
 from .plugins import get_host
-from .rundir import latest_run
 
 #: Options a resumed run may change: they do not alter what an uninterrupted run computes
 #: (speed options such as ``compile`` may change the last bits of floating-point results),
@@ -25,7 +24,7 @@ def find_run(target: str, config_path: str | None, overrides: Sequence[str]) -> 
     """The run directory ``--resume`` names: a path, or ``last`` (the newest run of the config's name)."""
     if target != "last":
         run_dir = Path(target)
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if not rundir.checkpoint_file(run_dir).is_file():
             raise ConfigError(f"--resume: {run_dir} is not a run directory with checkpoints/last.ckpt (a run is resumable after its first epoch)")
         return run_dir
     if config_path is None:
@@ -33,7 +32,7 @@ def find_run(target: str, config_path: str | None, overrides: Sequence[str]) -> 
     cfg = config_mod.load(config_path, [o for o in overrides if o.split("=")[0] in ("name", "output_dir")])
     with resolvers.policy(False):
         parent = Path(str(cfg.get("output_dir", "runs"))) / str(cfg.get("name", "run"))
-    run_dir = latest_run(parent)
+    run_dir = rundir.latest_run(parent)
     if run_dir is None:
         raise ConfigError(f"--resume last: no run with a checkpoint under {parent}")
     return run_dir

@@ -21,6 +21,11 @@ from .errors import ConfigError, TrainingError
 
 LOCK_NAME = ".lock"
 CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_file(run_dir: Path, which: str = "last") -> Path:
+    """``RUN/checkpoints/last.ckpt`` (the run's record) or ``best.ckpt`` (its best model)."""
+    return run_dir / CHECKPOINTS / f"{which}.ckpt"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -107,17 +112,16 @@ def _same_inode(handle: IO[str], path: Path) -> bool:
 def latest_run(parent: Path) -> Path | None:
     """The run under ``parent`` that trained last, by its own record: the time its
     ``last.ckpt`` was written (not the folder's, which ``crnnfw eval`` changes)."""
-    runs = [p for p in parent.glob("*") if (p / CHECKPOINTS / "last.ckpt").is_file()]
+    runs = [p for p in parent.glob("*") if checkpoint_file(p).is_file()]
     if not runs:
         return None
-    return max(runs, key=lambda p: ((p / CHECKPOINTS / "last.ckpt").stat().st_mtime_ns, p.name))
+    return max(runs, key=lambda p: (checkpoint_file(p).stat().st_mtime_ns, p.name))
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint holding the run's best model. ``best.ckpt``, unless a kill fell between
     writing ``last.ckpt`` and ``best.ckpt`` in the epoch that was best: then ``last.ckpt``."""
-    folder = run_dir / CHECKPOINTS
-    best, last = folder / "best.ckpt", folder / "last.ckpt"
+    best, last = checkpoint_file(run_dir, "best"), checkpoint_file(run_dir)
     if not last.is_file():
         return best if best.is_file() else None
     record = checkpoint.load(last, weights=False)
@@ -132,8 +136,8 @@ def repair(run_dir: Path, state: dict[str, Any], history: list[dict[str, Any]]) 
     """Make the run's files agree with ``last.ckpt`` (``state``): remove temporary files left by
     a kill, rewrite a stale ``best.ckpt`` and ``metrics.jsonl``. Returns what it did."""
     done = [f"removed {p.name}, left by an interrupted save" for p in atomic.remove_leftovers(run_dir / CHECKPOINTS) + atomic.remove_leftovers(run_dir)]
-    last = run_dir / CHECKPOINTS / "last.ckpt"
+    last = checkpoint_file(run_dir)
     if not state.get("partial") and best_checkpoint(run_dir) == last and state["best"].get("epoch") == state["epoch"]:
-        atomic.write_bytes(run_dir / CHECKPOINTS / "best.ckpt", last.read_bytes())
+        atomic.write_bytes(checkpoint_file(run_dir, "best"), last.read_bytes())
         done.append(f"best.ckpt rewritten from last.ckpt (epoch {state['epoch']}, the best; a kill had cut its save)")
     return done

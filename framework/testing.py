@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import export
-from .batch import Batch
+from .batch import Batch, pad_right
 from .errors import ExportError, first_line
 from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder
 
@@ -40,11 +40,7 @@ def _require(condition: bool, message: str) -> None:
 
 def _padded(samples: list[Tensor], extra: int) -> Tensor:
     """Right-pad ``(C, H, W_i)`` samples with zeros to the widest plus ``extra`` columns."""
-    width = max(s.shape[-1] for s in samples) + extra
-    batch = torch.zeros(len(samples), *samples[0].shape[:-1], width)
-    for i, s in enumerate(samples):
-        batch[i, ..., : s.shape[-1]] = s
-    return batch
+    return pad_right(samples, 0.0, extra)[0]
 
 
 def _check_gradients(module: nn.Module, loss: Tensor, what: str) -> None:

@@ -19,7 +19,7 @@ from .data import InputSpec
 from .errors import CheckpointError, CrnnfwError
 from .model import Model, assemble
 from .plugins import get_host
-from .rundir import best_checkpoint
+from .rundir import CHECKPOINTS, best_checkpoint
 
 REQUIRED_KEYS = ("model", "config", "classes", "input", "decoding")
 
@@ -39,7 +39,7 @@ class Trained:
     def run_dir(self) -> Path | None:
         """The run directory the checkpoint belongs to, when it sits in one."""
         parent = self.path.parent
-        return parent.parent if parent.name == "checkpoints" else None
+        return parent.parent if parent.name == CHECKPOINTS else None
 
 
 def checkpoint_path(path: str | Path) -> Path:

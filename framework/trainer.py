@@ -141,7 +141,7 @@ class Trainer:
                 self._hold(self.resume)
             return self._fit(cfg, t, group, device_name, out)
         except BaseException as exc:
-            if isinstance(exc, (KeyboardInterrupt, atomic.WriteError)) and self.run_dir is not None and (self.run_dir / "checkpoints" / "last.ckpt").is_file():
+            if isinstance(exc, (KeyboardInterrupt, atomic.WriteError)) and self.run_dir is not None and rundir.checkpoint_file(self.run_dir).is_file():
                 why = f"interrupted ({exc or 'SIGINT'})" if isinstance(exc, KeyboardInterrupt) else str(exc)
                 out.info(f"{why}; every finished epoch is kept: resume with crnnfw run --resume {self.run_dir}")
             for callback in self._callbacks:
@@ -161,7 +161,7 @@ class Trainer:
 
     def _fit(self, cfg: DictConfig, t: DictConfig, group: distributed.Group, device_name: str, out: Reporter) -> FitResult:
         # A resumed run starts by reading its checkpoint, so a bad one fails before any work.
-        resumed = checkpoint.load(self.resume / "checkpoints" / "last.ckpt") if self.resume else None
+        resumed = checkpoint.load(rundir.checkpoint_file(self.resume)) if self.resume else None
 
         # Set-up: threads, seeds, device; data and the checked model; optimizer and schedule.
         torch.set_num_threads(t.num_threads or os.cpu_count() or 1)
@@ -327,7 +327,7 @@ class Trainer:
                     for callback in callbacks:
                         callback.on_step(state, shown_loss, scheduler.get_last_lr()[0])
                     if not math.isfinite(shown_loss):
-                        kept = f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.ckpt'}" if epoch > 1 else "no checkpoint was written"
+                        kept = f"the last good checkpoint is {rundir.checkpoint_file(run_dir)}" if epoch > 1 else "no checkpoint was written"
                         raise TrainingError(
                             f"loss became {shown_loss} by step {step} (epoch {epoch}, batch {i}); {kept}. Lower "
                             "trainer.optimizer.lr, set trainer.grad_clip (e.g. 1.0) or use trainer.precision=32-true"
@@ -339,9 +339,9 @@ class Trainer:
                                 "seconds": time.perf_counter() - epoch_start}
                     record = snapshot(epoch - 1, partial=progress)
                     if record is not None:
-                        checkpoint.save(record, run_dir / "checkpoints" / "last.ckpt")
+                        checkpoint.save(record, rundir.checkpoint_file(run_dir))
                         for callback in callbacks:
-                            callback.on_checkpoint(state, run_dir / "checkpoints" / "last.ckpt")
+                            callback.on_checkpoint(state, rundir.checkpoint_file(run_dir))
                     last_saved, saved_at = step, time.perf_counter()
             out.end_epoch()
             report = getattr(data.train, "epoch_report", None)
@@ -400,12 +400,12 @@ class Trainer:
             record = snapshot(epoch, metrics={"val": scores, "test": evaluation.scores})
             if record is not None:
                 with interrupts.deferred():
-                    checkpoint.save(record, run_dir / "checkpoints" / "last.ckpt")
+                    checkpoint.save(record, rundir.checkpoint_file(run_dir))
                     if improved:
-                        checkpoint.save(record, run_dir / "checkpoints" / "best.ckpt")
+                        checkpoint.save(record, rundir.checkpoint_file(run_dir, "best"))
                     atomic.write_text(run_dir / "metrics.jsonl", _jsonl(history))
                 for callback in callbacks:
-                    for path in [run_dir / "checkpoints" / "last.ckpt"] + ([run_dir / "checkpoints" / "best.ckpt"] if improved else []):
+                    for path in [rundir.checkpoint_file(run_dir)] + ([rundir.checkpoint_file(run_dir, "best")] if improved else []):
                         callback.on_checkpoint(state, path)
             if state.stop:
                 out.info(state.stop)
@@ -472,7 +472,7 @@ def restore_training(state: dict[str, Any], run_dir: Path, model: torch.nn.Modul
     except (RuntimeError, ValueError, KeyError) as exc:
         detail = " ".join(str(exc).split())[:200]
         raise CheckpointError(
-            f"{run_dir / 'checkpoints' / 'last.ckpt'}: does not fit the model {run_dir / 'config.yaml'} builds ({detail}); "
+            f"{rundir.checkpoint_file(run_dir)}: does not fit the model {run_dir / 'config.yaml'} builds ({detail}); "
             "was either file replaced? Resume only the run that wrote them"
         ) from None
 

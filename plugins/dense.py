@@ -16,9 +16,9 @@ from torch import Tensor, nn
 
 import crnnfw
 
+from .cnn import ACTIVATIONS
 from .lstm import LSTMConfig, LSTMEncoder
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
 
 
 def _check_stack(sizes: List[int], activation: str, dropout: float) -> None:
