@@ -8,7 +8,7 @@ STAMP := $(VENV)/.crnnfw-installed
 # The PyTorch pair this project is tested with (pip finds both without downloading here).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test install clean
+.PHONY: run test lint install clean
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check framework plugins tests benchmarks examples configs
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

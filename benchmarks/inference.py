@@ -13,6 +13,7 @@ On a GPU it compares eager fp32, eager bf16 and ``torch.compile`` (bf16) instead
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -102,7 +103,7 @@ def main() -> None:
             rates: dict[str, list[float]] = {engine: [] for engine in runs}
             for _ in range(args.repeats):
                 for engine, call in runs.items():
-                    rates[engine].append(rate(lambda: call(images, lengths), batch, args.seconds, device))
+                    rates[engine].append(rate(functools.partial(call, images, lengths), batch, args.seconds, device))
             medians = {engine: statistics.median(values) for engine, values in rates.items()}
             rows.append({"model": name, "batch": batch, "width": width, "images_per_s": medians})
     baseline, others = next(iter(runs)), list(runs)[1:]

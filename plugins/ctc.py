@@ -187,7 +187,7 @@ def beam_decode(
         for step in sample[:length]:
             candidates: dict[tuple[int, ...], list[float]] = {}
 
-            def add(prefix: tuple[int, ...], blank: float, char: float) -> None:
+            def add(prefix: tuple[int, ...], blank: float, char: float, candidates: dict[tuple[int, ...], list[float]] = candidates) -> None:
                 entry = candidates.setdefault(prefix, [-math.inf, -math.inf])
                 entry[0] = _logsumexp(entry[0], blank)
                 entry[1] = _logsumexp(entry[1], char)

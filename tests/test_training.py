@@ -68,8 +68,8 @@ def test_plain_progress_lines_off_a_terminal(tmp_path, cli):
     result = cli("run", MNIST_CONFIG, FP32, "data.train_limit=512", "data.val_size=256", "data.test_limit=256", "trainer.epochs=1",
                  "trainer.batch_size=64", "trainer.log_every=4", f"output_dir={tmp_path}")
     assert result.code == 0
-    lines = [l for l in result.out.splitlines() if l.startswith("epoch 1/1 step")]
-    assert [l.split()[3] for l in lines] == ["4/8", "8/8"]
+    lines = [line for line in result.out.splitlines() if line.startswith("epoch 1/1 step")]
+    assert [line.split()[3] for line in lines] == ["4/8", "8/8"]
     assert "img/s" in lines[0] and "eta" in lines[0]
     assert "best val accuracy" in result.out and "run directory:" in result.out
 

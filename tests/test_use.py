@@ -138,7 +138,7 @@ def test_onnx_export_round_trip_at_several_widths(tmp_path, short_run, cli, digi
     batch = images[:, None].astype(np.float32) / 255
     logits, lengths = session.run(None, {"images": batch, "widths": np.full(len(batch), 28, np.int64)})
     onnx_texts = [classes[i] for i in logits.argmax(-1)]
-    assert sum(t == l for t, l in zip(onnx_texts, labels)) >= 8
+    assert sum(text == label for text, label in zip(onnx_texts, labels)) >= 8
 
     folder = tmp_path / "png"
     folder.mkdir()

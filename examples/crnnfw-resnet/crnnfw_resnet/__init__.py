@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
