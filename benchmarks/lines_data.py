@@ -34,7 +34,7 @@ CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,-'"
 CHILD = """
 import json, resource, sys, time
 from crnnfw import config
-from crnnfw.data import build_data
+from crnnfw.datasets import build_data
 from crnnfw.plugins import get_registry
 start = time.perf_counter()  # after the imports: what the data costs, not Python's start-up
 overrides = json.loads(sys.argv[1])

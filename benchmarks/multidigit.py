@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from crnnfw import config
-from crnnfw.data import build_data
+from crnnfw.datasets import build_data
 from crnnfw.model import build_model
 from crnnfw.plugins import get_registry
 from crnnfw_plugins.ctc import beam_decode, greedy_decode

@@ -34,7 +34,7 @@ from rich.console import Console
 from torch import nn
 
 from crnnfw import Batch, config
-from crnnfw.data import build_data
+from crnnfw.datasets import build_data
 from crnnfw.plugins import get_registry
 from crnnfw.hardware import hardware
 from crnnfw.precision import autocast

@@ -165,7 +165,7 @@ class Recognizer:
         dataset): ``{"checkpoint", "split", "samples", "scores", "report", "confusion"}``, as
         ``crnnfw eval --json``. With ``out``, the pictures and ``eval.json`` are written there too."""
         from . import pictures
-        from .data import build_data
+        from .datasets import build_data
         from .evaluation import evaluate
         from .hardware import hardware
         from .precision import choose

@@ -61,16 +61,3 @@ class Callback:
 
     def on_fit_end(self, state: FitState, summary: dict[str, Any]) -> None:
         """After ``summary.json`` was written."""
-
-
-def build_callbacks(cfg: DictConfig, registry: Any) -> list[Callback]:
-    """The callbacks ``trainer.callbacks`` names, built from their validated configs."""
-    from .config import callback_configs
-
-    built = []
-    for index, (name, typed) in enumerate(callback_configs(cfg, registry)):
-        callback = registry.get("callback", name).factory(typed)
-        if not isinstance(callback, Callback):
-            raise TypeError(f"trainer.callbacks[{index}]: callback '{name}' built a {type(callback).__name__}, not a crnnfw.Callback")
-        built.append(callback)
-    return built

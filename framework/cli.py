@@ -284,7 +284,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     """``crnnfw data render CONFIG OUT_DIR N [KEY=VALUE ...]``: samples as image files plus labels."""
-    from .data import build_data
+    from .datasets import build_data
     from .render import render_split
 
     positional = [a for a in args.overrides if "=" not in a]

@@ -14,12 +14,9 @@ from typing import Callable, Iterator, Protocol
 import torch
 from torch import Tensor
 
-from omegaconf import DictConfig
 
 from .batch import Batch
-from .config import component_config
-from .errors import CrnnfwError, DataError, first_line
-from .registry import Registry
+from .errors import DataError
 
 BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -282,46 +279,3 @@ def held_out(count: int, fraction: float, seed: int = VAL_SEED) -> Tensor:
     mask = torch.zeros(count, dtype=torch.bool)
     mask[torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:chosen]] = True
     return mask
-
-
-def _with_val(data: DataModule, fraction: float, name: str) -> DataModule:
-    """``data`` itself when it has a val split; else with one held out of ``train``."""
-    if data.val is not None:
-        return data
-    subset = getattr(data.train, "subset", None)
-    if not callable(subset) or len(data.train) < 2:
-        raise DataError(
-            f"data: dataset '{name}' has no val split and its train split cannot be divided; "
-            "give the DataModule a val split (the best checkpoint is chosen on it, never on test)"
-        )
-    mask = held_out(len(data.train), fraction)
-    return replace(data, train=subset(mask.logical_not().nonzero().squeeze(1)), val=subset(mask.nonzero().squeeze(1)))
-
-
-def build_data(cfg: DictConfig, registry: Registry) -> DataModule:
-    """The dataset a resolved config names, checked to be usable, with a val split."""
-    component = registry.get("dataset", cfg.data.name, key="data.name")
-    options = component_config(registry, cfg, "data")
-    try:
-        data = component.factory(options)
-    except CrnnfwError:
-        raise
-    except Exception as exc:
-        raise DataError(
-            f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') could not be built: "
-            f"{type(exc).__name__}: {first_line(exc)}"
-        ) from exc
-    if not isinstance(data, DataModule):
-        raise DataError(
-            f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') returned "
-            f"{type(data).__name__}, not a crnnfw.DataModule"
-        )
-    if data.polarity not in POLARITIES:
-        raise DataError(f"data: dataset '{cfg.data.name}' declares polarity '{data.polarity}'; use one of {', '.join(POLARITIES)}")
-    if data.too_wide not in TOO_WIDE:
-        raise DataError(f"data: dataset '{cfg.data.name}' declares too_wide '{data.too_wide}'; use one of {', '.join(TOO_WIDE)}")
-    data = _with_val(data, cfg.trainer.val_fraction, cfg.data.name)
-    for split in SPLITS:
-        if len(getattr(data, split)) == 0:
-            raise DataError(f"data: dataset '{cfg.data.name}' has an empty {split} split; check data.root and the limits")
-    return data

@@ -19,7 +19,8 @@ import torch
 from omegaconf import DictConfig
 
 from . import pictures
-from .data import SPLITS, build_data
+from .data import SPLITS
+from .datasets import build_data
 from .errors import CrnnfwError, DataProblems, Problem
 from .model import assemble, check_model, label_misfits
 from .registry import Registry

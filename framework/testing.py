@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import export
+from . import onnxio
 from .batch import Batch, pad_right
 from .errors import ExportError, first_line
 from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder
@@ -79,10 +79,10 @@ def _check_onnx(
         dynamic[name] = {0: "batch", **({1: "steps"} if out.dim() >= 3 and axis == 1 else {}), **({3: "steps"} if out.dim() == 4 else {})}
     size = trace[0].shape[axis]
     try:
-        session = export.onnx_session(export.to_onnx(module, trace, input_names=(first, second), output_names=outputs, dynamic_axes=dynamic))
+        session = onnxio.onnx_session(onnxio.to_onnx(module, trace, input_names=(first, second), output_names=outputs, dynamic_axes=dynamic))
     except ExportError as exc:
         message = str(exc)
-        if export.INSTALL_HINT in message:
+        if onnxio.INSTALL_HINT in message:
             message += ", or pass onnx=False to skip the export check"
         raise ConformanceError(message) from None
     for inputs in runs:
@@ -90,13 +90,13 @@ def _check_onnx(
             reference = _as_tuple(module(*inputs))
         where = f"exported at size {size}, run at batch {inputs[0].shape[0]} and size {inputs[0].shape[axis]}"
         try:
-            got = export.run_onnx(session, {first: inputs[0], second: inputs[1]})
+            got = onnxio.run_onnx(session, {first: inputs[0], second: inputs[1]})
         except Exception as exc:
             raise ConformanceError(
                 f"ONNX: {where}: ONNX Runtime fails ({first_line(exc)}); a size computed in Python was "
                 "frozen into the graph: derive sizes from tensor shapes and tensor ops"
             ) from None
-        problem = export.compare(reference, got, outputs, atol)
+        problem = onnxio.compare(reference, got, outputs, atol)
         _require(problem is None, f"ONNX: {where}: {problem}; the graph froze a value that depends on the input size")
 
 

@@ -17,9 +17,10 @@ import torch
 from omegaconf import DictConfig
 
 from . import atomic, checkpoint, distributed, interrupts, pictures, resolvers, rundir
-from .callbacks import Callback, FitState, build_callbacks
-from .config import as_container, checkpoint_interval, to_yaml
-from .data import SPLITS, InputSpec, build_data, on_device
+from .callbacks import Callback, FitState
+from .config import as_container, callback_configs, checkpoint_interval, to_yaml
+from .data import SPLITS, InputSpec, on_device
+from .datasets import build_data
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluation import evaluate
 from .finetune import init_from
@@ -450,6 +451,17 @@ class Trainer:
             + f"), final val {final.get(f'val_{main}', math.nan):.4f}, test {final[f'test_{main}']:.4f}; run directory: {run_dir}"
         )
         return FitResult(run_dir, summary)
+
+
+def build_callbacks(cfg: DictConfig, registry: Any) -> list[Callback]:
+    """The callbacks ``trainer.callbacks`` names, built from their validated configs."""
+    built = []
+    for index, (name, typed) in enumerate(callback_configs(cfg, registry)):
+        callback = registry.get("callback", name).factory(typed)
+        if not isinstance(callback, Callback):
+            raise TypeError(f"trainer.callbacks[{index}]: callback '{name}' built a {type(callback).__name__}, not a crnnfw.Callback")
+        built.append(callback)
+    return built
 
 
 def restore_rng(saved: dict[str, Any], generator: torch.Generator, rank: int, device: torch.device) -> None:

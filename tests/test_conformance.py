@@ -181,3 +181,20 @@ def test_check_registered_catches_what_a_components_own_tests_cannot(extra_plugi
     with pytest.raises(ConformanceError, match="comes from registered in code, not acme"):
         check_registered("backbone", "right", distribution="acme")
     assert isinstance(check_registered("backbone", "right", distribution="registered in code"), One)
+
+
+#: What a plugin builds on: the contract modules, which import nothing of the engine (config,
+#: registry, trainer, checkpoints, export...), so a plugin and the kit stay small and stable.
+CONTRACT = {"hookspecs", "stages", "batch", "data", "errors", "callbacks", "augment", "metrics", "testing", "onnxio", "version"}
+
+
+@pytest.mark.parametrize("module", sorted(CONTRACT - {"version"}))
+def test_contract_modules_import_nothing_from_the_engine(module):
+    import ast
+
+    from .conftest import ROOT
+
+    tree = ast.parse((ROOT / "framework" / f"{module}.py").read_text())
+    imported = {node.module.split(".")[0] if node.module else alias.name
+                for node in tree.body if isinstance(node, ast.ImportFrom) and node.level == 1 for alias in node.names}
+    assert imported <= CONTRACT, f"crnnfw.{module} imports {sorted(imported - CONTRACT)} from the engine"

@@ -16,7 +16,7 @@ import crnnfw
 from PIL import Image, ImageDraw, ImageFont
 
 from crnnfw import config
-from crnnfw.data import build_data
+from crnnfw.datasets import build_data
 from crnnfw.plugins import get_registry
 
 from .conftest import FP32, ROOT

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from crnnfw import ModelError, config
-from crnnfw.data import build_data
+from crnnfw.datasets import build_data
 from crnnfw.metrics import SequenceScores, edit_distance
 from crnnfw.model import build_model
 from crnnfw.plugins import get_registry

@@ -10,7 +10,7 @@ import pytest
 from PIL import ImageFont
 
 from crnnfw import DataError, config
-from crnnfw.data import build_data
+from crnnfw.datasets import build_data
 from crnnfw.plugins import get_registry
 from crnnfw_plugins.printed import PrintedConfig, coverage, printed_data
 
@@ -21,7 +21,7 @@ SMALL = ["data.name=printed", "data.train_size=64", "data.val_size=16", "data.te
 DIGEST = """
 import hashlib
 from crnnfw import config
-from crnnfw.data import build_data
+from crnnfw.datasets import build_data
 from crnnfw.plugins import get_registry
 cfg = config.resolve(config.load({path!r}, {overrides!r}), get_registry())
 data = build_data(cfg, get_registry())

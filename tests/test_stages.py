@@ -9,7 +9,7 @@ import torch
 
 import crnnfw
 from crnnfw import ModelError, config
-from crnnfw.data import build_data
+from crnnfw.datasets import build_data
 from crnnfw.model import build_model
 from crnnfw.plugins import get_registry
 from crnnfw_plugins.cnn import CNNBackbone, CNNConfig
