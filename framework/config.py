@@ -26,7 +26,7 @@ from omegaconf import errors as oc_errors
 from . import resolvers
 from .errors import ConfigError, first_line
 from .precision import PRECISIONS
-from .registry import Registry, suggest
+from .registry import KIND_TABLE, Registry, suggest
 from .rundir import check_name
 
 #: ``trainer.compile``: off, or the ``torch.compile`` mode to train with.
@@ -37,12 +37,7 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 MAX_CONFIG_BYTES = 1 << 20
 
 #: Where each component section lives and which kind of component it names.
-COMPONENT_SECTIONS = {
-    "data": "dataset",
-    "model.backbone": "backbone",
-    "model.encoder": "encoder",
-    "model.head": "head",
-}
+COMPONENT_SECTIONS = {kind.section: kind.name for kind in KIND_TABLE if kind.section}
 
 
 @dataclass

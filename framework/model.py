@@ -13,7 +13,7 @@ from .batch import pad_right
 from .config import component_config
 from .data import SPLITS, DataModule
 from .errors import ModelError, first_line
-from .registry import Registry
+from .registry import STAGES, Registry
 from .stages import Backbone, Head, SequenceEncoder
 
 
@@ -86,7 +86,7 @@ def assemble(cfg: DictConfig, registry: Registry, *, channels: int, height: int,
 def build_model(cfg: DictConfig, data: DataModule, registry: Registry) -> Model:
     """The model a resolved config describes, sized for ``data`` and checked by :func:`check_model`."""
     model = assemble(cfg, registry, channels=data.channels, height=data.height, classes=data.classes)
-    check_model(model, data, names={s: OmegaConf.select(cfg, f"model.{s}.name") for s in ("backbone", "encoder", "head")})
+    check_model(model, data, names={s: OmegaConf.select(cfg, f"model.{s}.name") for s in STAGES})
     return model
 
 

@@ -24,16 +24,10 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, first_line
-from .registry import KINDS, DuplicateComponentError, Registry, suggest
+from .registry import KIND_TABLE, KINDS, DuplicateComponentError, Registry, suggest
 
 ENTRY_POINT_GROUP = "crnnfw"
-HOOKS = {
-    "backbone": "crnnfw_register_backbones",
-    "encoder": "crnnfw_register_encoders",
-    "head": "crnnfw_register_heads",
-    "dataset": "crnnfw_register_datasets",
-    "callback": "crnnfw_register_callbacks",
-}
+HOOKS = {kind.name: kind.hook for kind in KIND_TABLE}
 
 
 @dataclass

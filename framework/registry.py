@@ -12,7 +12,28 @@ from typing import Any, Callable
 
 from .errors import ConfigError, PluginError
 
-KINDS = ("backbone", "encoder", "head", "dataset", "callback")
+@dataclass(frozen=True)
+class Kind:
+    """One kind of component: the hook that registers it, and the config section that names
+    it (None for callbacks, which ``trainer.callbacks`` lists)."""
+
+    name: str
+    hook: str
+    section: str | None
+
+
+#: The one table of component kinds: the registry, the plugin loader, the config and the
+#: trainer all read it.
+KIND_TABLE = (
+    Kind("backbone", "crnnfw_register_backbones", "model.backbone"),
+    Kind("encoder", "crnnfw_register_encoders", "model.encoder"),
+    Kind("head", "crnnfw_register_heads", "model.head"),
+    Kind("dataset", "crnnfw_register_datasets", "data"),
+    Kind("callback", "crnnfw_register_callbacks", None),
+)
+KINDS = tuple(kind.name for kind in KIND_TABLE)
+#: The model's stages, in the order a batch flows through them.
+STAGES = ("backbone", "encoder", "head")
 
 
 @dataclass(frozen=True)

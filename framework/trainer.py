@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import atomic, checkpoint, distributed, interrupts, pictures, resolvers, rundir
 from .callbacks import Callback, FitState
-from .config import as_container, callback_configs, checkpoint_interval, to_yaml
+from .config import COMPONENT_SECTIONS, as_container, callback_configs, checkpoint_interval, to_yaml
 from .data import SPLITS, InputSpec, on_device
 from .datasets import build_data
 from .errors import CheckpointError, ConfigError, TrainingError
@@ -101,8 +101,8 @@ def component_versions(cfg: DictConfig) -> dict[str, dict[str, str]]:
     host = get_host()
     by_plugin = {p.name: p for p in host.plugins}
     out = {}
-    for kind, section in (("dataset", "data"), ("backbone", "model.backbone"), ("encoder", "model.encoder"), ("head", "model.head")):
-        name = cfg.data.name if section == "data" else cfg.model[section.split(".")[1]].name
+    for section, kind in COMPONENT_SECTIONS.items():
+        name = OmegaConf.select(cfg, f"{section}.name")
         component = host.registry.get(kind, name)
         plugin = by_plugin.get(component.provider)
         out[kind] = {

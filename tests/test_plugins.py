@@ -126,7 +126,8 @@ def test_hookspecs_document_every_hook():
     from crnnfw import hookspecs
 
     hooks = [name for name in dir(hookspecs) if name.startswith("crnnfw_register_")]
-    assert sorted(hooks) == ["crnnfw_register_backbones", "crnnfw_register_datasets", "crnnfw_register_encoders", "crnnfw_register_heads"]
+    assert sorted(hooks) == ["crnnfw_register_backbones", "crnnfw_register_callbacks", "crnnfw_register_datasets", "crnnfw_register_encoders",
+                             "crnnfw_register_heads"]
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__
         assert "Factory signature" in doc, name
