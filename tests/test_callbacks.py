@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pytest
+
 import crnnfw
 
 from .conftest import FP32, MNIST_CONFIG, read_jsonl
@@ -102,3 +104,19 @@ def test_the_documented_csv_logger_works(tmp_path, cli, monkeypatch):
     (run_dir,) = (tmp_path / "csv").iterdir()
     rows = (run_dir / "steps.csv").read_text().splitlines()
     assert rows[0] == "epoch,step,loss,lr" and len(rows) >= 3 and rows[1].split(",")[:2] == ["1", "2"]
+
+
+def test_the_tensorboard_logger_writes_what_tensorboard_reads(tmp_path, cli):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    result = cli("run", MNIST_CONFIG, *TINY, "trainer.epochs=2", "trainer.callbacks=[{name: tensorboard}]", f"output_dir={tmp_path}", "name=tb")
+    assert result.code == 0, result.err
+    (run_dir,) = (tmp_path / "tb").iterdir()
+    events = accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "val/accuracy", "test/accuracy", "val/loss"} <= set(scalars)
+    assert [e.step for e in events.Scalars("val/accuracy")] == [1, 2]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [e.value for e in events.Scalars("val/accuracy")] == pytest.approx([r["val_accuracy"] for r in rows])
+    assert [e.step for e in events.Scalars("train/loss")][:2] == [2, 4]
+    assert {"pictures/predictions", "pictures/curves"} <= set(events.Tags()["images"])
