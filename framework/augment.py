@@ -71,7 +71,8 @@ def sampling_grid(theta: Tensor, height: int, width: int) -> Tensor:
 @dataclass
 class TextAugmentConfig:
     """Augmentation for text lines, each part off at 0: small rotation, shear and perspective,
-    horizontal and vertical scale, ink thickness, blur, noise, contrast and gamma, inversion.
+    horizontal and vertical scale, ink thickness, blur, noise, contrast and gamma, inversion and
+    JPEG-like block loss.
     Every part is drawn per sample and applied to the whole batch at once; each sample keeps
     its width, and its padding stays background."""
 
@@ -87,6 +88,7 @@ class TextAugmentConfig:
     contrast: float = 0.3  # ink intensity scaled in [1 - contrast, 1]
     gamma: float = 0.3  # gamma in [1 - gamma, 1 + gamma]
     invert: float = 0.0  # probability of inverting a sample (polarity mistakes in the wild)
+    jpeg: float = 0.0  # probability of JPEG-like loss: detail averaged away within 8 x 8 blocks, and intensities quantised
 
     def __post_init__(self) -> None:
         for key in ("rotate", "shear", "perspective", "scale_x", "scale_y", "noise", "contrast", "gamma"):
@@ -94,7 +96,7 @@ class TextAugmentConfig:
                 raise ValueError(f"augment.{key} must be >= 0")
         if max(self.scale_x, self.scale_y, self.contrast, self.gamma) >= 1:
             raise ValueError("augment.scale_x, scale_y, contrast and gamma must be below 1")
-        for key in ("thickness", "blur", "invert"):
+        for key in ("thickness", "blur", "invert", "jpeg"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"augment.{key} is a probability in [0, 1]")
 
@@ -154,10 +156,26 @@ class TextAugment:
             std = torch.rand(n, generator=generator).to(images.device) * cfg.noise
             out = out + torch.randn(out.shape, generator=generator).to(images.device) * std[:, None, None, None]
         out = out.clamp(0, 1)
+        if cfg.jpeg:
+            chosen, strength, levels = chance(cfg.jpeg), uniform(0.2, 0.5), 16 + (torch.rand(n, generator=generator) * 48).round()
+            index = chosen.nonzero().squeeze(1)
+            if len(index):
+                out[index] = _blocky(out[index], strength[index], levels[index].to(images.device))
         if cfg.invert:
             out = torch.where(chance(cfg.invert)[:, None, None, None], 1 - out, out)
         inside = torch.arange(w, device=images.device)[None, :] < widths.to(images.device)[:, None]
         return out * inside[:, None, None, :].to(out.dtype)  # padding stays background
+
+
+def _blocky(images: Tensor, strength: Tensor, levels: Tensor) -> Tensor:
+    """What JPEG at a low quality does to a line, cheaply: each pixel pulled towards its 8 x 8
+    block's mean by ``strength`` (blocking, lost detail), then ``levels`` intensity steps."""
+    h, w = images.shape[-2:]
+    means = F.avg_pool2d(images, 8, ceil_mode=True)  # edge blocks average their own pixels only
+    means = means.repeat_interleave(8, -2).repeat_interleave(8, -1)[..., :h, :w]
+    mixed = images + strength[:, None, None, None] * (means - images)
+    steps = (levels - 1)[:, None, None, None]
+    return (mixed * steps).round() / steps
 
 
 def _morph(images: Tensor, grow: bool) -> Tensor:
