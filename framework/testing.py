@@ -116,8 +116,9 @@ def check_backbone(
       equal to ``out_lengths(widths)``, each between 1 and ``W'``;
     - each sample's features over its valid steps are the same alone and inside a batch padded
       wider (eval mode, within ``atol``);
-    - in train mode, a loss over the valid features sends a finite, non-zero gradient to every
-      trainable parameter;
+    - in train mode, the content of the padding does not change the valid features (through
+      BatchNorm's batch statistics, say), and a loss over the valid features sends a finite,
+      non-zero gradient to every trainable parameter;
     - with ``onnx`` (needs ``crnnfw[onnx]``), it exports to ONNX traced at one width and batch,
       and ONNX Runtime matches PyTorch (within 1e-4) at the other widths and batch sizes.
     """
@@ -154,6 +155,19 @@ def check_backbone(
         runs = [(images, width_tensor), (samples[0].unsqueeze(0), width_tensor[:1])]
         _check_onnx(backbone, trace, runs, (("images", "widths"), ("features", "lengths")), 3, max(atol, 1e-4))
     backbone.train()
+    with torch.no_grad():  # train mode: what is in the padding must not reach valid steps (BatchNorm's batch statistics)
+        noisy = images.clone()
+        for i, width in enumerate(widths):
+            noisy[i, ..., width:] = torch.rand(noisy[i, ..., width:].shape, generator=generator) * 5
+        state = torch.get_rng_state()
+        clean_features, _ = backbone(images, width_tensor)
+        torch.set_rng_state(state)  # the same dropout masks
+        noisy_features, _ = backbone(noisy, width_tensor)
+        for i, n in enumerate(lengths.tolist()):
+            difference = (clean_features[i, ..., :n] - noisy_features[i, ..., :n]).abs().max().item()
+            _require(difference <= atol * 10,
+                     f"width {widths[i]}: in train mode, the padding's content changes valid features by {difference:.2e} "
+                     "(it reaches them through batch statistics or unmasked convolutions; mask features past each sample's length)")
     features, lengths = backbone(images, width_tensor)
     mask = (torch.arange(features.shape[3]).unsqueeze(0) < lengths.unsqueeze(1)).to(features.dtype)
     _check_gradients(backbone, (features * mask[:, None, None, :]).pow(2).mean(), "backbone")

@@ -44,8 +44,9 @@ class CNNBackbone(crnnfw.Backbone):
     """Conv -> (batch norm) -> activation -> (max-pool, dropout), once per entry of ``channels``
     (pooling goes before a ReLU, which is equivalent and cheaper).
 
-    Features past each sample's width are zeroed before every 'same' convolution, so a sample
-    padded inside a wide batch sees the same zeros as one processed alone.
+    Features past each sample's width are zeroed before every convolution, so a sample padded
+    inside a wide batch sees the same zeros as one processed alone, and in training the padding's
+    content never reaches BatchNorm's batch statistics.
     """
 
     def __init__(self, config: CNNConfig, in_channels: int) -> None:
@@ -113,7 +114,14 @@ class CNNBackbone(crnnfw.Backbone):
         # One mask, shrunk with the map: after a width pool of p, column j is valid exactly when
         # input column (j + 1) * p - 1 was (floor(length / p) columns), so a strided slice of the
         # mask replaces recomputing it from the lengths (one node instead of seven in an exported graph).
-        masked = self.same and crnnfw.masks_needed(widths, images.shape[-1])
+        masked = crnnfw.masks_needed(widths, images.shape[-1])
+        if not self.same:  # 'valid' convolutions never read padding into valid columns, but in
+            # training BatchNorm's batch statistics would read the padded ones: zero them first
+            lengths = widths
+            for block, (_, pw) in zip(self.blocks, self.config.pools):
+                x = block(crnnfw.mask_padding(x, lengths) if masked else x)
+                lengths = self._clamp((lengths - (self.config.kernel_size - 1)) // pw)
+            return x, self.out_lengths(widths)
         keep = crnnfw.length_mask(widths, images.shape[-1])[:, None, None] if masked else None
         for block, (_, pw) in zip(self.blocks, self.config.pools):
             if keep is not None:

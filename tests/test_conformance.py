@@ -198,3 +198,26 @@ def test_contract_modules_import_nothing_from_the_engine(module):
     imported = {node.module.split(".")[0] if node.module else alias.name
                 for node in tree.body if isinstance(node, ast.ImportFrom) and node.level == 1 for alias in node.names}
     assert imported <= CONTRACT, f"crnnfw.{module} imports {sorted(imported - CONTRACT)} from the engine"
+
+
+def test_padding_that_reaches_batch_statistics_in_training_is_caught():
+    class UnmaskedBatchNorm(crnnfw.Backbone):
+        """A valid conv never reads padding into valid columns, but its BatchNorm's batch
+        statistics read the padded ones: in eval mode it conforms, in training it leaks."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4)
+            self.out_channels = 4
+
+        def out_height(self, in_height):
+            return in_height - 2
+
+        def out_lengths(self, widths):
+            return widths - 2
+
+        def forward(self, images, widths):
+            return torch.relu(self.norm(self.conv(images))), self.out_lengths(widths)
+
+    with pytest.raises(ConformanceError, match="in train mode, the padding's content changes valid features"):
+        check_backbone(UnmaskedBatchNorm(), in_channels=1, in_height=16, onnx=False)
