@@ -37,7 +37,7 @@ def _partial(path: Path) -> dict | None:
 def test_a_run_killed_mid_epoch_resumes_to_bit_identical_weights(tmp_path, cli):
     """SIGKILL just after a mid-epoch checkpoint (trainer.checkpoint_every): the resumed run
     replays the epoch's data order to that batch and ends where the uninterrupted one did."""
-    args = [*SMALL, "trainer.checkpoint_every=10", f"output_dir={tmp_path}"]
+    args = [*SMALL, "trainer.epochs=2", "trainer.checkpoint_every=10", f"output_dir={tmp_path}"]  # 32 steps an epoch
     assert cli("run", MNIST_CONFIG, *args, "name=straight").code == 0
     (straight,) = (tmp_path / "straight").iterdir()
 
@@ -63,12 +63,12 @@ def test_a_run_killed_mid_epoch_resumes_to_bit_identical_weights(tmp_path, cli):
 
     a = checkpoint.load(straight / "checkpoints" / "last.ckpt")
     b = checkpoint.load(killed / "checkpoints" / "last.ckpt")
-    assert a["epoch"] == b["epoch"] == 4 and a["step"] == b["step"]
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
     assert a["model"].keys() == b["model"].keys()
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), f"{name} (kill seed {seed})"
     assert a["best"] == b["best"]
-    assert [r["epoch"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2]
     assert [r["test_accuracy"] for r in read_jsonl(killed / "metrics.jsonl")] == [r["test_accuracy"] for r in read_jsonl(straight / "metrics.jsonl")]
 
 
