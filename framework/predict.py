@@ -55,26 +55,6 @@ def recognise(trained: Trained, images: list[torch.Tensor], beam: int = 1) -> De
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
 
-def predict_files(
-    trained: Trained,
-    paths: Iterable[str | Path],
-    *,
-    polarity: str = "auto",
-    beam: int = 1,
-    batch_size: int = 64,
-    max_pixels: int = MAX_PIXELS,
-    max_width: int | None = None,
-) -> list[Prediction]:
-    """A prediction per image file (folders expanded), in order; unreadable files carry their error.
-
-    A file over ``max_pixels`` pixels, or wider than ``max_width`` px once scaled to the
-    model's height (default: :data:`~crnnfw.images.MAX_WIDTH`, or the model's own
-    ``max_width`` when wider), is that file's error, so memory stays bounded by the batch.
-    """
-    return predict_images(trained, [Path(p) for p in paths], polarity=polarity, beam=beam, batch_size=batch_size,
-                          max_pixels=max_pixels, max_width=max_width)
-
-
 def predict_images(
     trained: Trained,
     images: Iterable[ImageInput],

@@ -22,7 +22,7 @@ import crnnfw
 from crnnfw.data import InputSpec
 from crnnfw.images import prepare
 
-from .printed import RenderedSplit, _pack
+from .printed import rendered_data
 
 CHARSET = string.digits + string.ascii_uppercase
 
@@ -109,15 +109,6 @@ def captcha_data(config: CaptchaConfig) -> crnnfw.DataModule:
         import captcha.image  # noqa: F401  (only to say how to install it)
     except ImportError:
         raise crnnfw.DataError("data.name: captcha needs the captcha package: pip install 'crnnfw[captcha]'") from None
-    renderer = CaptchaRenderer(config)
     classes = "".join(sorted(config.charset))
-
-    def fixed(seed: int, count: int) -> crnnfw.PackedSplit:
-        return _pack([renderer.render(seed, i) for i in range(count)], classes)
-
-    val, test = fixed(config.val_seed, config.val_size), fixed(config.test_seed, config.test_size)
-    widest = int(max(val.widths.max(), test.widths.max()))
-    transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
-    return crnnfw.DataModule(train=RenderedSplit(renderer, classes, transform), val=val, test=test, classes=tuple(classes), channels=1,
-                             height=config.height, min_width=8, max_width=2 * widest,
-                             notes=[f"captcha: {config.min_length}-{config.max_length} characters over {len(classes)}, drawn by the captcha package"])
+    notes = [f"captcha: {config.min_length}-{config.max_length} characters over {len(classes)}, drawn by the captcha package"]
+    return rendered_data(CaptchaRenderer(config), classes, notes)

@@ -17,7 +17,7 @@ import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -225,15 +225,20 @@ def printed_data(config: PrintedConfig) -> crnnfw.DataModule:
                 f"data.charset: no font has a glyph for every character ({note.split(': ', 1)[1]}); set data.fonts to a "
                 "folder of fonts that do, or leave the missing characters out of data.charset"
             )
-    classes = "".join(sorted(wanted))
-    renderer = Renderer(config, fonts, texts)
+    return rendered_data(Renderer(config, fonts, texts), "".join(sorted(wanted)), notes)
+
+
+def rendered_data(renderer: Any, classes: str, notes: list[str]) -> crnnfw.DataModule:
+    """A DataModule of rendered samples: val and test drawn once from their seeds, train afresh
+    every epoch. ``renderer`` has ``render(seed, index)`` and a ``config`` with the sizes,
+    seeds, height, workers and augment options (``printed`` and ``captcha`` both)."""
+    config = renderer.config
 
     def fixed(seed: int, count: int) -> crnnfw.PackedSplit:
         return _pack([renderer.render(seed, i) for i in range(count)], classes)
 
     val, test = fixed(config.val_seed, config.val_size), fixed(config.test_seed, config.test_size)
     widest = int(max(val.widths.max(), test.widths.max()))
-    return crnnfw.DataModule(
-        train=RenderedSplit(renderer, classes, crnnfw.TextAugment(config.augment) if config.augment.enabled else None), val=val, test=test, classes=tuple(classes), channels=1, height=config.height,
-        min_width=8, max_width=2 * widest, notes=notes,
-    )
+    transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
+    return crnnfw.DataModule(train=RenderedSplit(renderer, classes, transform), val=val, test=test, classes=tuple(classes), channels=1,
+                             height=config.height, min_width=8, max_width=2 * widest, notes=notes)
