@@ -282,8 +282,11 @@ def prepare(
 
 
 def _crop_to_ink(image: torch.Tensor, background: float) -> torch.Tensor:
-    """The smallest box holding every pixel far from the background (the whole image when blank)."""
-    ink = (image - background).abs().amax(0) > 0.3
+    """The smallest box holding every pixel far from ``background``: over 0.3 of the way to the
+    farthest pixel, so faint ink on grey paper is boxed as fully as black on white (the whole
+    image when blank)."""
+    far = (image - background).abs().amax(0)
+    ink = far > 0.3 * max(float(far.max()), 0.1)
     rows, columns = ink.any(1).nonzero(), ink.any(0).nonzero()
     if len(rows) == 0:
         return image
@@ -295,10 +298,13 @@ def _fit(image: torch.Tensor, spec: InputSpec, max_width: int | None = None, nam
 
     With ``spec.ink_height`` (the share of the height the ink filled in training, 20/28 for
     MNIST), the image is first cropped to its ink, then sized and centred like the training
-    images; otherwise it fills the model's height.
+    images, on its own paper level (its border's median: grey paper stays one even grey);
+    otherwise it fills the model's height.
     """
+    background = spec.background
     if spec.ink_height:
-        image = _crop_to_ink(image, spec.background)
+        background = _border_level(image)
+        image = _crop_to_ink(image, background)
     _, h, w = image.shape
     box = spec.height * (spec.ink_height or 1.0)
     fixed = spec.min_width == spec.max_width
@@ -311,7 +317,7 @@ def _fit(image: torch.Tensor, spec: InputSpec, max_width: int | None = None, nam
     resized = F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
     margin = (spec.height - size[0]) // 2 if spec.ink_height else 0
     width = spec.max_width if fixed else max(size[1] + 2 * margin, spec.min_width)
-    canvas = torch.full((image.shape[0], spec.height, width), spec.background)
+    canvas = torch.full((image.shape[0], spec.height, width), background)
     top = (spec.height - size[0]) // 2
     left = (width - size[1]) // 2 if fixed else margin
     canvas[:, top : top + size[0], left : left + size[1]] = resized
@@ -327,7 +333,8 @@ def scaled_width(height: int, width: int, spec: InputSpec) -> int:
 def describe(spec: InputSpec) -> str:
     """The preprocessing in words, for exported models' metadata."""
     fixed = spec.min_width == spec.max_width
-    fit = (f"cropped to its ink, scaled so the ink is {spec.ink_height:.3g} of the height, centred" if spec.ink_height
+    fit = (f"cropped to its ink (pixels over 0.3 of the way from the border's median to the farthest pixel), scaled so the ink is {spec.ink_height:.3g} "
+           "of the height, centred on the border's level" if spec.ink_height
            else "scaled to the height keeping the aspect ratio")
     width = (f"fitted inside {spec.max_width} px and centred" if fixed else
              f"at least {spec.min_width} px wide (padded on the right)"

@@ -68,6 +68,7 @@ class LinesConfig:
     max_width: int = 1024  # wider images: see too_wide
     too_wide: str = "squeeze"  # squeeze (to max_width) | drop (counted) | error
     polarity: str = "auto"  # how the files are drawn: auto (per image, from its border) | dark-on-light | light-on-dark
+    ink_height: Optional[float] = None  # unset: each image fills the height; else cropped to its ink, which fills this share of it (as a multidigit model reads files; eval takes the model's)
     cache: str = "auto"  # auto (memory when the decoded set fits a quarter of RAM, else stream) | memory | stream | off (memory, no disk cache)
     cache_dir: Optional[str] = None  # where decoded sets are cached (default: $CRNNFW_CACHE_DIR or ~/.cache/crnnfw)
     workers: int = 0  # decoding processes (0: one per core)
@@ -84,6 +85,8 @@ class LinesConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 8 <= self.height <= 512 or not 1 <= self.min_width <= self.max_width:
             raise ValueError("need 8 <= height <= 512 and 1 <= min_width <= max_width")
+        if self.ink_height is not None and not 0 < self.ink_height <= 1:
+            raise ValueError(f"ink_height must lie in (0, 1], got {self.ink_height}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if self.charset is not None and self.dictionary is not None:
@@ -216,7 +219,7 @@ def _cache_key(config: LinesConfig, sources: dict[str, list[labels.Source]], sam
     """A digest of everything the decoded images depend on: the label files' bytes, each
     image's path, size and modification time, and the preprocessing options."""
     digest = hashlib.sha256()
-    options = {k: v for k, v in asdict(config).items() if k in ("height", "channels", "min_width", "max_width", "too_wide", "polarity")}
+    options = {k: v for k, v in asdict(config).items() if k in ("height", "channels", "min_width", "max_width", "too_wide", "polarity", "ink_height")}
     digest.update(json.dumps(options, sort_keys=True).encode())
     for split in ("train", "val", "test"):
         for source in sources.get(split, []):
@@ -444,7 +447,7 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
     if found is None:
         return None, report
     samples, sources, charset = found
-    spec = InputSpec(config.channels, config.height, config.min_width, config.max_width, "light-on-dark", None,
+    spec = InputSpec(config.channels, config.height, config.min_width, config.max_width, "light-on-dark", config.ink_height,
                      "squeeze" if config.too_wide == "squeeze" else "keep")
     mode = config.cache
     if mode == "auto":
@@ -474,7 +477,7 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
     data = crnnfw.DataModule(
         train=splits["train"], val=splits["val"], test=splits["test"], classes=tuple(charset), channels=config.channels,
         height=config.height, min_width=config.min_width, max_width=config.max_width,
-        polarity="light-on-dark", ink_height=None, too_wide=spec.too_wide, notes=report.notes,
+        polarity="light-on-dark", ink_height=config.ink_height, too_wide=spec.too_wide, notes=report.notes,
     )
     return data, report
 

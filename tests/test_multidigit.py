@@ -68,7 +68,7 @@ def test_model_output_is_padding_invariant():
 
 
 def test_length_check_fires_before_training(cli):
-    pools = "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]"
+    pools = "model.backbone.pools=[[2,2],[2,2],[2,1],[2,1]]"
     with pytest.raises(ModelError, match=r"labels of \d characters come in images as narrow as \d+ px, which backbone 'cnn' turns into \d+ steps; head 'ctc' needs at least \d+"):
         cfg = resolved(pools)
         build_model(cfg, build_data(cfg, get_registry()), get_registry())
@@ -156,14 +156,118 @@ def test_sequence_metrics():
 
 
 def test_short_ctc_training_run(tmp_path, cli):
-    """Strings of 1-3 digits: 3 epochs of 4,500 strings (about 45 s on a 2-core EPYC) read 96% of characters right."""
+    """Strings of 1-3 digits, with the generator's full variety: 3 epochs of 4,500 strings read 87% of characters right."""
     result = cli("run", CTC_CONFIG, FP32, "data.max_digits=3", "data.train_size=4500", "data.val_size=500", "data.test_size=500",
                  "trainer.epochs=3", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "ctc").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     final = summary["final"]
-    assert final["test_cer"] <= 0.06  # about 0.03 here
+    assert final["test_cer"] <= 0.2  # 0.13 on a 2-core Xeon
     assert {"test_accuracy", "test_ned", "test_accuracy_len1", "test_accuracy_len3"} <= set(final)
     header = next(line for line in result.out.splitlines() if "train_loss" in line)
     assert "val_cer" in header and "test_accuracy" in header  # the table shows val's CER, and test's figure beside it
+
+
+def _load_benchmark(name: str):
+    """A script from benchmarks/ as a module (they import each other by file name)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _digit_heights(images: torch.Tensor, widths: torch.Tensor) -> list[tuple[int, int]]:
+    """Ink heights (rows over 0.3) of the left and right digit of two-digit strings set far apart."""
+    pairs = []
+    for image, width in zip(images[:, 0], widths.tolist()):
+        columns = (image[:, :width] > 76).any(0).nonzero().flatten()
+        middle = int((columns[0] + columns[-1]) // 2)
+        pairs.append(tuple(int((half > 76).any(1).sum()) for half in (image[:, :middle], image[:, middle:width])))
+    return pairs
+
+
+def test_the_generator_ranges_reach_the_image():
+    from crnnfw_plugins.mnist import load_mnist
+    from crnnfw_plugins.multidigit import DigitBank, MultiDigitConfig, compose
+
+    arrays = load_mnist()
+    bank = DigitBank.from_arrays(arrays["test_images"][:2000], arrays["test_labels"][:2000])
+    plain = dict(min_digits=2, max_digits=2, gap_min=40, gap_max=40, slope=0.0, drift=0.0, jitter=0, thickness=0.0,
+                 background_max=0.0, ink_min=1.0, texture=0.0, noise=0.0, blur=0.0)
+
+    def height_ratios(**options) -> torch.Tensor:
+        batch = compose(bank, 300, MultiDigitConfig(**plain, **options), torch.Generator().manual_seed(0))
+        return torch.tensor([max(a, b) / max(1, min(a, b)) for a, b in _digit_heights(batch.images, batch.widths)])
+
+    even, varied = height_ratios(scale_min=1.0, scale_max=1.0), height_ratios(scale_min=0.5, scale_max=1.0)
+    assert even.median() < 1.1 and varied.median() > 1.15 and varied.quantile(0.9) > 1.5  # a large height range: digits of measurably different heights
+    # the ink spans the drawn line height: 0.5 of 32 px, or 0.8
+    for share in (0.5, 0.8):
+        batch = compose(bank, 50, MultiDigitConfig(**plain, line_height_min=share, line_height_max=share), torch.Generator().manual_seed(1))
+        spans = [(img[0] > 76).any(1).sum().item() for img in batch.images]
+        assert abs(sum(spans) / len(spans) - share * 32) <= 1.5
+    # paper: its level and noise reach the pixels outside the ink, never past a string's width
+    batch = compose(bank, 50, MultiDigitConfig(background_max=0.3, ink_min=0.5, noise=0.05), torch.Generator().manual_seed(2))
+    paper = torch.stack([img[0, :, 0].float().mean() for img in batch.images]) / 255
+    assert paper.max() > 0.15 and paper.min() < 0.1
+    assert all(int(img[..., w:].sum()) == 0 for img, w in zip(batch.images, batch.widths.tolist()))
+
+
+def _ink_box(image: torch.Tensor) -> tuple[int, int]:
+    """Height and width of the box of pixels over 0.3 of the way from the border's level to the brightest."""
+    background = image[:, 0].median()
+    ink = image - background > 0.3 * (image.max() - background)
+    rows, columns = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
+    return int(rows[-1] - rows[0] + 1), int(columns[-1] - columns[0] + 1)
+
+
+def test_a_training_string_saved_as_a_file_is_framed_back_alike(tmp_path):
+    """predict's crop-and-frame gives a composed string, scaled 2x, inverted and with other margins,
+    back with its ink at the middle of the training line heights and its shape unstretched."""
+    from PIL import Image
+
+    from crnnfw.data import InputSpec
+    from crnnfw.images import read_image
+
+    cfg = resolved()
+    data = build_data(cfg, get_registry())
+    spec = InputSpec.of(data)
+    test = data.test
+    heights, stretch = [], []
+    for i in range(40):
+        width = int(test.widths[i])
+        image = test.images[i, 0, :, :width]
+        big = Image.fromarray((255 - image).numpy()).resize((width * 2, 64), Image.BICUBIC)
+        framed = Image.new("L", (width * 2 + 30, 90), int(255 - image[:, 0].float().median()))
+        framed.paste(big, (10, 13))
+        framed.save(tmp_path / f"{i}.png")
+        ours, theirs = _ink_box(image.float()), _ink_box(read_image(tmp_path / f"{i}.png", spec)[0] * 255)
+        heights.append(theirs[0])
+        stretch.append(abs((theirs[1] / theirs[0]) / (ours[1] / ours[0]) - 1))
+    middle = spec.ink_height * spec.height  # 19.7 px: training strings span 17.6 to 21.8
+    assert abs(sorted(heights)[20] - middle) <= 1 and sum(abs(h - middle) <= 1.5 for h in heights) >= 36, heights
+    assert sorted(stretch)[20] <= 0.05, stretch  # the aspect ratio is kept: digits are not squeezed or stretched
+
+
+def test_the_out_of_distribution_composer_shares_no_code_with_the_generator(tmp_path):
+    import ast
+
+    source = (ROOT / "benchmarks" / "ood_digits.py").read_text()
+    imported = {alias.name if isinstance(node, ast.Import) else node.module
+                for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    assert "crnnfw_plugins.multidigit" not in imported and not any("multidigit" in name for name in imported)
+    ood = _load_benchmark("ood_digits")
+    labels = ood.write_set(tmp_path, count=16, seed=3)
+    lines = labels.read_text().splitlines()
+    assert len(lines) == 16 and {len(line.split("\t")[1]) for line in lines} == set(range(1, 9))
+    assert all((tmp_path / line.split("\t")[0]).is_file() for line in lines)
+    again = ood.write_set(tmp_path / "again", count=16, seed=3)
+    assert again.read_text() == labels.read_text()  # fixed by its seed

@@ -1,0 +1,79 @@
+"""The multidigit recogniser on strings it was not generated from: its own test split and an
+out-of-distribution set of files (``ood_digits.py``), read through ``crnnfw predict`` and
+scored through ``crnnfw eval`` on the files (the ``lines`` dataset).
+
+    python benchmarks/multidigit_ood.py [--run RUN_DIR] [--count 1000] [overrides ...]
+
+Without ``--run`` it first trains ``configs/multidigit_ctc.yaml`` (with the overrides) and
+reports the training time. Prints a table per string length and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import crnnfw
+from crnnfw.metrics import edit_distance
+
+import ood_digits  # benchmarks/ood_digits.py: the independent composer
+import report  # benchmarks/report.py: the machine beside every figure
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "multidigit_ctc.yaml"
+
+
+def scores(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """Sequence accuracy, CER and accuracy per length of (truth, prediction) pairs."""
+    out = {"accuracy": sum(t == p for t, p in pairs) / len(pairs),
+           "cer": sum(edit_distance(t, p) for t, p in pairs) / sum(len(t) for t, _ in pairs)}
+    for n in sorted({len(t) for t, _ in pairs}):
+        some = [(t, p) for t, p in pairs if len(t) == n]
+        out[f"accuracy_len{n}"] = sum(t == p for t, p in some) / len(some)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", help="a trained multidigit run directory (default: train one)")
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    results: dict[str, object] = {}
+    if args.run:
+        run_dir = Path(args.run)
+    else:
+        start = time.perf_counter()
+        run_dir = crnnfw.train(CONFIG, overrides=args.overrides).run_dir
+        results["training minutes"] = round((time.perf_counter() - start) / 60, 1)
+    results["own test"] = crnnfw.load(run_dir).evaluate("test")["scores"]
+    with tempfile.TemporaryDirectory() as folder:
+        labels = ood_digits.write_set(folder, args.count, args.seed)
+        truth = dict(line.rstrip("\n").split("\t") for line in labels.read_text().splitlines(keepends=True))
+        cli = [sys.executable, "-m", "crnnfw"]
+        predicted = subprocess.run([*cli, "predict", str(run_dir), str(Path(folder) / "images"), "--json"],
+                                   check=True, capture_output=True, text=True).stdout
+        rows = [json.loads(line) for line in predicted.splitlines() if line.strip()]
+        pairs = [(truth[str(Path(row["file"]).relative_to(folder))], row["text"]) for row in rows]
+        results["ood predict"] = scores(pairs)
+        evaluated = subprocess.run([*cli, "eval", str(run_dir), "data.name=lines", f"data.train={labels}", f"data.test={labels}",
+                                    "data.val=" + str(labels), "data.charset=0123456789", "data.cache=off", "--json",
+                                    "--out", str(Path(folder) / "eval")], check=True, capture_output=True, text=True).stdout
+        results["ood eval"] = json.loads(evaluated)["scores"]
+    print(report.header())
+    print(f"run: {run_dir}")
+    for name in ("own test", "ood predict", "ood eval"):
+        figures = results[name]
+        prefix = ""
+        lengths = "  ".join(f"{n}: {100 * figures[f'{prefix}accuracy_len{n}']:.1f}%" for n in range(1, 9) if f"{prefix}accuracy_len{n}" in figures)
+        print(f"{name:12s} accuracy {100 * figures[prefix + 'accuracy']:.2f}%  CER {100 * figures[prefix + 'cer']:.2f}%  | {lengths}")
+    report.save("multidigit_ood", results)
+
+
+if __name__ == "__main__":
+    main()
