@@ -122,7 +122,8 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
                     f"out_lengths() says {promised.tolist()} and the feature map is {features.shape[3]} wide"
                 )
             if int(lengths.min()) < 1:
-                raise ModelError(f"{stage('backbone')} leaves no sequence steps for images {data.min_width} px wide")
+                raise ModelError(f"{stage('backbone')} leaves no sequence steps for images {data.min_width} px wide. "
+                                 "Pool less along the width (model.backbone.pools) or use wider images")
             seq = collapse_height(features, model.collapse)
             try:
                 encoded = model.encoder(seq, lengths)

@@ -29,7 +29,7 @@ from crnnfw.trained import load_trained
 from .conftest import ROOT
 
 CTC_CONFIG = ROOT / "configs" / "multidigit_ctc.yaml"
-TINY = ["data.train_size=64", "data.val_size=64", "data.test_size=64", "trainer.epochs=1", "trainer.precision=32-true"]
+TINY = ["data.line_height_min=0.6", "data.line_height_max=0.6", "data.train_size=64", "data.val_size=64", "data.test_size=64", "trainer.epochs=1", "trainer.precision=32-true"]
 #: Runs the CLI and reports its peak RSS (KiB) and the seconds main() took, after importing.
 #: The peak is the process's own VmHWM: ru_maxrss would count the RSS of pytest, which it
 #: keeps across fork and exec.
@@ -89,14 +89,14 @@ def test_oversize_images_are_refused_from_their_headers(run_dir, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     good = [_good(folder / "a_good.png"), _good(folder / "z_good.png", 120)]
-    wide = _png(folder / "m_wide.png", 100_000, 1)  # 178 bytes; 1.95 million px wide at the model's height
+    wide = _png(folder / "m_wide.png", 100_000, 1)  # 178 bytes; 1.92 million px wide at the model's height
     big = _png(folder / "n_big.png", 13_000, 13_000)  # Pillow warns (over MAX_IMAGE_PIXELS): our limit decides
     bomb = _png(folder / "o_bomb.png", 20_000, 20_000)  # Pillow's DecompressionBombError
     assert wide.stat().st_size < 1000 and big.stat().st_size < 2**20
     done, rss, seconds = _probe("predict", run_dir, folder, "--json")
     assert done.returncode == 1, done.stderr
     assert _errors(done.stderr) == [
-        f"crnnfw: error: {wide}: refused, 1,950,000 px wide at the model's height of 32 px, more than the limit of 4,096; "
+        f"crnnfw: error: {wide}: refused, 1,920,000 px wide at the model's height of 32 px, more than the limit of 4,096; "
         "crop or split the image (crnnfw predict --max-width N raises the limit)",
         f"crnnfw: error: {big}: refused, too many pixels (13000 x 13000 = 169,000,000, more than the limit of 50,000,000); "
         "give a smaller image (crnnfw predict --max-pixels N raises the limit)",
@@ -134,11 +134,11 @@ def test_pillow_bomb_limits_never_warn_and_stop_one_file(run_dir, tmp_path, cli,
 
 
 def test_max_width_option_and_default(run_dir, tmp_path, cli):
-    wide = _png(tmp_path / "wide.png", 400, 32, 0)  # blank: 244 px wide at the model's height
+    wide = _png(tmp_path / "wide.png", 400, 32, 0)  # blank: 240 px wide at the model's height
     assert cli("predict", run_dir, wide).code == 0  # default limit: 4096 (the model's max_width is 339)
     refused = cli("predict", run_dir, wide, "--max-width", "200")
     assert refused.code == 1 and _errors(refused.err) == [
-        f"crnnfw: error: {wide}: refused, 244 px wide at the model's height of 32 px, more than the limit of 200; "
+        f"crnnfw: error: {wide}: refused, 240 px wide at the model's height of 32 px, more than the limit of 200; "
         "crop or split the image (crnnfw predict --max-width N raises the limit)"]
     assert cli("predict", run_dir, wide, "--max-width", "244").code == 0
     with pytest.raises(SystemExit):

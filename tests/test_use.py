@@ -200,6 +200,7 @@ def test_fine_tuning_loads_what_fits(tmp_path, short_run, cli):
 def test_fine_tuning_across_charsets_reinitialises_the_head(tmp_path, short_run, cli):
     """MNIST digits (softmax over 10 classes) to strings over an 11-character CTC charset."""
     result = cli("run", MNIST_CONFIG, "--init-from", short_run, FP32, "data.name=multidigit", "data.height=28",
+                 "data.cell_min=12", "data.gap_min=0",
                  "data.train_size=256", "data.val_size=64", "data.test_size=64", "model.head.name=ctc", "model.head.charset=0123456789-",
                  "trainer.epochs=1", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
     assert result.code == 0, result.err
