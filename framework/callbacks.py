@@ -45,9 +45,22 @@ class Callback:
     def on_epoch_start(self, state: FitState) -> None:
         """Before each epoch's first step; ``state.epoch`` is the epoch starting."""
 
+    def on_train_batch_end(self, state: FitState) -> None:
+        """After every optimizer step (``state.step`` counts it), with no loss: reading the
+        loss back would sync the device each step. For per-step work on the weights."""
+
     def on_step(self, state: FitState, loss: float, lr: float) -> None:
         """At the steps where the loop reads the loss back (every ``min(10, log_every)``
         steps and at the end of an epoch): the running mean loss of the epoch so far."""
+
+    def on_evaluate_start(self, state: FitState) -> None:
+        """Before an epoch's val and test splits are scored (and before the final score of a
+        resumed run that had finished): the weights in ``state.model`` now are the ones scored,
+        chosen as best and saved in the epoch's checkpoints."""
+
+    def on_evaluate_end(self, state: FitState) -> None:
+        """After the epoch was scored and committed (its checkpoints written); training goes on
+        from here."""
 
     def on_epoch_end(self, state: FitState, row: dict[str, Any]) -> None:
         """After an epoch was evaluated, with its ``metrics.jsonl`` row, before it is committed.
@@ -61,3 +74,12 @@ class Callback:
 
     def on_fit_end(self, state: FitState, summary: dict[str, Any]) -> None:
         """After ``summary.json`` was written."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback must get back to carry on bit-exactly after a resume (tensors and
+        builtins), saved in every checkpoint; nothing by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` gave, when a run resumes (after the model's weights
+        were loaded, before ``on_fit_start``)."""

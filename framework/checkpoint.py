@@ -8,7 +8,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -29,7 +29,43 @@ COMPRESSED_RECORD_BYTES = 2**20
 MAX_RATIO = 100
 
 
-def save(state: dict[str, Any], path: str | Path) -> None:
+class Model(TypedDict):
+    """What every checkpoint holds, and all that eval, predict, export and fine-tuning read."""
+
+    model: dict[str, torch.Tensor]  # the weights (state_dict of the plain model)
+    config: dict[str, Any]  # the resolved run config, which rebuilds the model from the registry
+    classes: list[str]
+    input: dict[str, Any]  # the InputSpec: how images are framed for this model
+    decoding: dict[str, Any]  # the head's decoding (e.g. CTC's blank), as exported models carry it
+
+
+class Record(Model, total=False):
+    """A training run's checkpoint (``last.ckpt``, ``best.ckpt``): the model, and all a resume
+    needs to carry on as if never stopped."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    epoch: int  # finished epochs
+    step: int  # optimizer steps taken
+    best: dict[str, Any]  # the best val metric so far: value, epoch, test scores then
+    train_seconds: float
+    history: list[dict[str, Any]]  # metrics.jsonl's rows: the checkpoint is the run's record
+    components: dict[str, dict[str, str]]  # per stage: component, plugin, distribution, version
+    crnnfw_version: str
+    rng: dict[str, Any]  # python, torch (per rank), data generator, cuda (per rank)
+    stopped: str | None  # why a callback ended training, if one did
+    callback_records: dict[str, Any]
+    callback_states: list[dict[str, Any]]  # each callback's state_dict(), in config order
+    metrics: dict[str, dict[str, float]]  # the epoch's val and test scores
+    partial: dict[str, Any]  # a mid-epoch checkpoint: the epoch, batches done, data order, running loss
+
+
+#: The keys without which a file is not a crnnfw model checkpoint.
+MODEL_KEYS = tuple(sorted(Model.__required_keys__))
+
+
+def save(state: Record, path: str | Path) -> None:
     """Write ``state`` to ``path`` so a crash, a signal or a full disk never leaves a
     half-written file there (or a temporary one beside it).
 

@@ -21,9 +21,6 @@ from .model import Model, assemble
 from .plugins import get_host
 from .rundir import CHECKPOINTS, best_checkpoint
 
-REQUIRED_KEYS = ("model", "config", "classes", "input", "decoding")
-
-
 @dataclass
 class Trained:
     """A model in eval mode with everything needed to feed it and read its output."""
@@ -59,7 +56,7 @@ def read_state(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """The checkpoint file ``path`` names and its contents, checked to be a model checkpoint."""
     file = checkpoint_path(path)
     state = checkpoint.load(file)
-    missing = [key for key in REQUIRED_KEYS if key not in state]
+    missing = [key for key in checkpoint.MODEL_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"{file}: not a crnnfw model checkpoint (no {', '.join(missing)})")
     return file, state

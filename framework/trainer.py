@@ -1,5 +1,7 @@
 """The trainer: one loop for every task, talking to the model's head only through
-``loss``, ``decode`` and ``metrics``. Read ``Trainer.fit`` top to bottom."""
+``loss``, ``decode`` and ``metrics``. ``Trainer._fit`` reads top to bottom: set up, open the
+run, then for each epoch train, evaluate and commit it; summarise. Each step is a method below
+it, in that order, sharing one ``_Loop``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from . import atomic, checkpoint, distributed, interrupts, pictures, resolvers, rundir
 from .callbacks import Callback, FitState
 from .config import COMPONENT_SECTIONS, as_container, callback_configs, checkpoint_interval, to_yaml
-from .data import SPLITS, InputSpec, on_device
+from .batch import Batch
+from .data import SPLITS, DataModule, InputSpec, on_device
 from .datasets import build_data
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluation import evaluate
@@ -27,8 +30,9 @@ from .finetune import init_from
 from .model import build_model
 from .plugins import get_host
 from .hardware import cpu_capability, hardware
-from .precision import autocast, choose
+from .precision import Choice, autocast, choose
 from .progress import Reporter
+from .stages import Metrics
 from .version import __version__
 
 
@@ -114,6 +118,52 @@ def component_versions(cfg: DictConfig) -> dict[str, dict[str, str]]:
     return out
 
 
+@dataclass
+class _Loop:
+    """What one fit works with: built by ``Trainer._set_up``, placed by ``_open_run`` (run
+    directory, restored state, callbacks), advanced by each epoch."""
+
+    cfg: DictConfig
+    group: distributed.Group
+    device: torch.device
+    choice: Choice
+    generator: torch.Generator  # orders and augments the data
+    registry: Any
+    data: DataModule
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model as trained: under DDP and torch.compile where asked
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    total_steps: int
+    monitor: Metrics
+    components: dict[str, dict[str, str]]
+    spec: dict[str, Any]
+    notes: list[str]  # fine-tuning's report, printed once the log is open
+    best: dict[str, Any]
+    run_dir: Path | None = None
+    first_epoch: int = 1
+    step: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's progress in the first epoch
+    resumed_rng: dict[str, Any] | None = None
+    state: FitState | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+    started: float = 0.0
+
+
+@dataclass(frozen=True)
+class _EpochTrained:
+    """An epoch's training figures: mean loss, the head's main metric on sampled steps, images, seconds."""
+
+    loss: float
+    metric: float
+    seen: int
+    seconds: float
+
+
 class Trainer:
     """Trains the model a resolved config describes and writes a run directory.
 
@@ -163,8 +213,35 @@ class Trainer:
     def _fit(self, cfg: DictConfig, t: DictConfig, group: distributed.Group, device_name: str, out: Reporter) -> FitResult:
         # A resumed run starts by reading its checkpoint, so a bad one fails before any work.
         resumed = checkpoint.load(rundir.checkpoint_file(self.resume)) if self.resume else None
+        loop = self._set_up(cfg, group, device_name, resumed)
+        self._open_run(loop, resumed, out)
+        evaluation = None
+        for epoch in range(loop.first_epoch, t.epochs + 1):
+            if loop.step >= loop.total_steps or loop.state.stop:
+                break
+            loop.state.epoch = epoch
+            self._emit(loop, "on_epoch_start")
+            trained = self._train_epoch(loop, epoch, out)
+            self._emit(loop, "on_evaluate_start")
+            scores, evaluation, improved = self._evaluate_epoch(loop, epoch, trained, out)
+            self._commit_epoch(loop, epoch, scores, evaluation, improved, out)
+            self._emit(loop, "on_evaluate_end")
+        if evaluation is None:  # resumed after its last epoch, to write what a kill kept it from writing
+            out.info("the run had finished its epochs but not its summary; writing it now")
+            self._emit(loop, "on_evaluate_start")
+            evaluation = evaluate(loop.model, loop.data.test, t.eval_batch_size, loop.device, loop.choice.precision, keep=48, group=group)
+            self._emit(loop, "on_evaluate_end")
+        return self._summarise(loop, evaluation, out)
 
-        # Set-up: threads, seeds, device; data and the checked model; optimizer and schedule.
+    @staticmethod
+    def _emit(loop: _Loop, event: str, *args: Any) -> None:
+        """Run ``event`` (a :class:`Callback` method) of every callback, in config order."""
+        for callback in loop.callbacks:
+            getattr(callback, event)(loop.state, *args)
+
+    def _set_up(self, cfg: DictConfig, group: distributed.Group, device_name: str, resumed: dict[str, Any] | None) -> _Loop:
+        """Threads, seeds and device; the data and the checked model; optimizer and schedule."""
+        t = cfg.trainer
         torch.set_num_threads(t.num_threads or os.cpu_count() or 1)
         torch.set_flush_denormal(True)  # tiny activations late in training otherwise take the CPU's slow path
         generator = seed_everything(cfg.seed)
@@ -193,264 +270,279 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, t.scheduler)
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=choice.precision == "16-mixed")
-        components = component_versions(cfg)
         monitor = model.head.metrics()
-        spec = asdict(InputSpec.of(data))
-        best = {"metric": monitor.main, "split": "val", "value": None, "epoch": None, "test": None}
-        first_epoch, step, train_seconds = 1, 0, 0.0
+        return _Loop(
+            cfg=cfg, group=group, device=device, choice=choice, generator=generator, registry=registry, data=data, model=model,
+            net=net, optimizer=optimizer, scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=choice.precision == "16-mixed"),
+            steps_per_epoch=steps_per_epoch, total_steps=total_steps, monitor=monitor, components=component_versions(cfg),
+            spec=asdict(InputSpec.of(data)), notes=notes,
+            best={"metric": monitor.main, "split": "val", "value": None, "epoch": None, "test": None},
+        )
 
-        # The run directory: resolved config, log, metrics, checkpoints, summary (rank 0 writes).
+    def _open_run(self, loop: _Loop, resumed: dict[str, Any] | None, out: Reporter) -> None:
+        """The run directory (a new one, or the resumed run's, its training state restored):
+        resolved config, metrics and log (rank 0 writes); then the callbacks start."""
+        cfg, t, group = loop.cfg, loop.cfg.trainer, loop.group
         repairs: list[str] = []
         if resumed:
-            run_dir = self.resume
-            restore_training(resumed, run_dir, model, optimizer, scheduler, scaler)
-            restore_rng(resumed["rng"], generator, group.rank, device)
-            best, step, train_seconds = dict(resumed["best"]), resumed["step"], resumed["train_seconds"]
-            first_epoch = resumed["epoch"] + 1
-            partial = resumed.get("partial")  # a checkpoint from within epoch first_epoch
+            loop.run_dir = run_dir = self.resume
+            restore_training(resumed, run_dir, loop.model, loop.optimizer, loop.scheduler, loop.scaler)
+            restore_rng(resumed["rng"], loop.generator, group.rank, loop.device)
+            loop.best, loop.step, loop.train_seconds = dict(resumed["best"]), resumed["step"], resumed["train_seconds"]
+            loop.first_epoch = resumed["epoch"] + 1
+            loop.partial = resumed.get("partial")  # a checkpoint from within epoch first_epoch
+            loop.resumed_rng = resumed["rng"]
             # The checkpoint is the run's record: its history wins over a metrics.jsonl a kill cut short.
-            history = list(resumed.get("history") or [row for row in read_history(run_dir) if row["epoch"] < first_epoch])
+            loop.history = list(resumed.get("history") or [row for row in read_history(run_dir) if row["epoch"] < loop.first_epoch])
             if group.main:
-                repairs = rundir.repair(run_dir, resumed, history)
+                repairs = rundir.repair(run_dir, resumed, loop.history)
             stopped = resumed.get("stopped")
-            if (first_epoch > t.epochs or step >= total_steps or stopped) and _summarised(run_dir, step):
+            if (loop.first_epoch > t.epochs or loop.step >= loop.total_steps or stopped) and _summarised(run_dir, loop.step):
                 why = f"stopped ({stopped})" if stopped else f"finished its {t.epochs} epochs; pass trainer.epochs=N (more) to train on"
                 raise TrainingError(f"{run_dir}: the run already {why}")
         else:
-            run_dir = rundir.create_run_dir(cfg.output_dir, cfg.name) if group.main else Path(cfg.output_dir)
+            loop.run_dir = run_dir = rundir.create_run_dir(cfg.output_dir, cfg.name) if group.main else Path(cfg.output_dir)
             if group.main:
                 self._hold(run_dir)
-            history = []
-            partial = None
         if group.main:
             atomic.write_text(run_dir / "config.yaml", to_yaml(cfg))
-            atomic.write_text(run_dir / "metrics.jsonl", _jsonl(history))
+            atomic.write_text(run_dir / "metrics.jsonl", _jsonl(loop.history))
             out.open_log(run_dir / "train.log")
         workers = f" | {group.world} processes" if group.enabled else ""
+        partial, data = loop.partial, loop.data
         out.info(
-            f"crnnfw {__version__} | run {run_dir} | {device.type} {choice}{workers} | "
-            f"{count_parameters(model):,} parameters | train {len(data.train):,} val {len(data.val):,} test {len(data.test):,} | "
-            f"{t.epochs} epochs x {steps_per_epoch} steps"
-            + (f" | resumed after epoch {first_epoch - 1} (step {step})" if resumed and not partial else "")
-            + (f" | resumed in epoch {first_epoch} after its batch {partial['batches']} (step {step})" if partial else "")
+            f"crnnfw {__version__} | run {run_dir} | {loop.device.type} {loop.choice}{workers} | "
+            f"{count_parameters(loop.model):,} parameters | train {len(data.train):,} val {len(data.val):,} test {len(data.test):,} | "
+            f"{t.epochs} epochs x {loop.steps_per_epoch} steps"
+            + (f" | resumed after epoch {loop.first_epoch - 1} (step {loop.step})" if resumed and not partial else "")
+            + (f" | resumed in epoch {loop.first_epoch} after its batch {partial['batches']} (step {loop.step})" if partial else "")
         )
-        for line in ([choice.warning] if choice.warning else []) + [f"data: {note}" for note in data.notes] + notes + repairs:
+        for line in ([loop.choice.warning] if loop.choice.warning else []) + [f"data: {note}" for note in data.notes] + loop.notes + repairs:
             out.info(line)
+        loop.state = self._state = FitState(
+            cfg, run_dir, loop.model, loop.monitor.main, loop.monitor.higher_is_better, t.epochs, epoch=loop.first_epoch - 1,
+            step=loop.step, history=loop.history, best=loop.best, stop=resumed.get("stopped") if resumed else None,
+            records=dict(resumed.get("callback_records") or {}) if resumed else {},
+        )
+        loop.callbacks = self._callbacks = build_callbacks(cfg, loop.registry)
+        for callback, saved in zip(loop.callbacks, (resumed or {}).get("callback_states") or []):
+            callback.load_state_dict(saved)
+        self._emit(loop, "on_fit_start")
+        loop.started = time.perf_counter()
 
-        state = self._state = FitState(cfg, run_dir, model, monitor.main, monitor.higher_is_better, t.epochs, epoch=first_epoch - 1,
-                                       step=step, history=history, best=best, stop=resumed.get("stopped") if resumed else None,
-                                       records=dict(resumed.get("callback_records") or {}) if resumed else {})
-        callbacks = self._callbacks = build_callbacks(cfg, registry)
-        for callback in callbacks:
-            callback.on_fit_start(state)
+    def _train_epoch(self, loop: _Loop, epoch: int, out: Reporter) -> _EpochTrained:
+        """One epoch of optimizer steps (after a mid-epoch checkpoint: the rest of it, its data
+        order replayed), with a mid-epoch checkpoint whenever ``trainer.checkpoint_every`` is due."""
+        t, model, device, generator, partial = loop.cfg.trainer, loop.model, loop.device, loop.generator, loop.partial
+        model.train()
+        done = partial["batches"] if partial else 0  # batches of this epoch trained before a mid-epoch checkpoint
+        epoch_steps = min(loop.steps_per_epoch, loop.total_steps - (loop.step - done))
+        out.start_epoch(epoch, t.epochs, epoch_steps)
+        epoch_start = time.perf_counter() - (partial["seconds"] if partial else 0.0)
+        loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
+        seen = partial["seen"] if partial else 0
+        shown_loss = None
+        train_metrics = model.head.metrics()  # sampled at the steps that sync anyway (after a resume: from there)
+        if partial:
+            generator.set_state(partial["data_rng"])
+        epoch_rng = generator.get_state()
+        batches = itertools.islice(loop.data.train.batches(t.batch_size, shuffle=True, generator=generator), epoch_steps)
+        for _ in range(done):
+            next(batches)
+        if partial:
+            restore_rng(loop.resumed_rng, generator, loop.group.rank, device)
+            loop.partial = None
+        every_steps, every_seconds = checkpoint_interval(t.checkpoint_every, loop.group.enabled)
+        last_saved, saved_at = loop.step, time.perf_counter()
+        # A split that decodes only this rank's share of each batch (``shards_by_rank``) is not cut again.
+        sharded = batches if getattr(loop.data.train, "shards_by_rank", False) else loop.group.shard(batches)
+        for i, batch in enumerate(sharded, start=done + 1):
+            batch = batch.to(device, non_blocking=True)
+            logits, lengths, loss = self._step(loop, batch)
+            loop.state.step = loop.step
+            self._emit(loop, "on_train_batch_end")
+            loss_sum += loss.detach() * len(batch)
+            seen += len(batch)
+            if i % min(10, t.log_every) == 0 or i % t.log_every == 0 or i == epoch_steps:
+                train_metrics.update(model.head.decode(logits.detach().float(), lengths), batch)
+                shown_loss = float(loss_sum) / seen
+                self._emit(loop, "on_step", shown_loss, loop.scheduler.get_last_lr()[0])
+                if not math.isfinite(shown_loss):
+                    kept = f"the last good checkpoint is {rundir.checkpoint_file(loop.run_dir)}" if epoch > 1 else "no checkpoint was written"
+                    raise TrainingError(
+                        f"loss became {shown_loss} by step {loop.step} (epoch {epoch}, batch {i}); {kept}. Lower "
+                        "trainer.optimizer.lr, set trainer.grad_clip (e.g. 1.0) or use trainer.precision=32-true"
+                    )
+            out.step(i, len(batch) * loop.group.world, shown_loss, loop.scheduler.get_last_lr()[0])
+            due = (every_steps and loop.step - last_saved >= every_steps) or (every_seconds and time.perf_counter() - saved_at >= every_seconds)
+            if due and i < epoch_steps:  # the epoch's last step gets the full commit
+                progress = {"epoch": epoch, "batches": i, "data_rng": epoch_rng, "loss_sum": float(loss_sum), "seen": seen,
+                            "seconds": time.perf_counter() - epoch_start}
+                self._save(loop, self._snapshot(loop, epoch - 1, partial=progress), improved=False)
+                last_saved, saved_at = loop.step, time.perf_counter()
+        out.end_epoch()
+        report = getattr(loop.data.train, "epoch_report", None)
+        trouble = report() if callable(report) else None
+        if trouble:
+            out.info(f"data: epoch {epoch}: {trouble}")
+            loop.data.notes.append(f"epoch {epoch}: {trouble}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the epoch's time includes the work still queued on the GPU
+        seconds = time.perf_counter() - epoch_start
+        loop.train_seconds += seconds
+        loss, seen = loop.group.mean(loss_sum, seen)
+        return _EpochTrained(loss, train_metrics.compute()[loop.monitor.main], seen, seconds)
 
-        def snapshot(epoch_done: int, **extra: Any) -> dict[str, Any] | None:
-            """The checkpoint's contents after ``epoch_done`` finished epochs (every rank takes
-            part in gathering the random states; rank 0 gets the record)."""
-            rng = {"python": random.getstate(), "torch": group.gather(torch.get_rng_state()), "data": generator.get_state()}
-            if device.type == "cuda":
-                rng["cuda"] = group.gather(torch.cuda.get_rng_state(device))
-            if not group.main:
-                return None
-            return {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch_done,
-                "step": step,
-                "best": dict(best),
-                "train_seconds": train_seconds,
-                "history": history,
-                "config": as_container(cfg),
-                "classes": list(data.classes),
-                "input": spec,
-                "decoding": model.head.export_metadata(),
-                "components": components,
-                "crnnfw_version": __version__,
-                "rng": rng,
-                "stopped": state.stop,
-                "callback_records": state.records,
-                **extra,
-            }
+    def _step(self, loop: _Loop, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step on ``batch``: its logits, their lengths and the loss."""
+        t = loop.cfg.trainer
+        with autocast(loop.device, loop.choice.precision):
+            logits, lengths = loop.net(batch.images, batch.widths)
+        loss = loop.model.head.loss(logits.float(), lengths, batch)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        if t.grad_clip:
+            loop.scaler.unscale_(loop.optimizer)
+            torch.nn.utils.clip_grad_norm_(loop.model.parameters(), t.grad_clip)
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        loop.scheduler.step()
+        loop.step += 1
+        return logits, lengths, loss
 
-        every_steps, every_seconds = checkpoint_interval(t.checkpoint_every, group.enabled)
-        started = time.perf_counter()
-        evaluation = None
-        for epoch in range(first_epoch, t.epochs + 1):
-            if step >= total_steps or state.stop:
-                break
-            state.epoch = epoch
-            for callback in callbacks:
-                callback.on_epoch_start(state)
-            # Train one epoch.
-            model.train()
-            done = partial["batches"] if partial else 0  # batches of this epoch trained before a mid-epoch checkpoint
-            epoch_steps = min(steps_per_epoch, total_steps - (step - done))
-            out.start_epoch(epoch, t.epochs, epoch_steps)
-            epoch_start = time.perf_counter() - (partial["seconds"] if partial else 0.0)
-            loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
-            seen = partial["seen"] if partial else 0
-            shown_loss = None
-            train_metrics = model.head.metrics()  # sampled at the steps that sync anyway (after a resume: from there)
-            if partial:  # the epoch's data order, replayed up to where the checkpoint was taken
-                generator.set_state(partial["data_rng"])
-            epoch_rng = generator.get_state()
-            batches = itertools.islice(data.train.batches(t.batch_size, shuffle=True, generator=generator), epoch_steps)
-            for _ in range(done):
-                next(batches)
-            if partial:
-                restore_rng(resumed["rng"], generator, group.rank, device)
-                partial = None
-            last_saved, saved_at = step, time.perf_counter()
-            # A split that decodes only this rank's share of each batch (``shards_by_rank``) is not cut again.
-            for i, batch in enumerate(batches if getattr(data.train, "shards_by_rank", False) else group.shard(batches), start=done + 1):
-                batch = batch.to(device, non_blocking=True)
-                with autocast(device, choice.precision):
-                    logits, lengths = net(batch.images, batch.widths)
-                loss = model.head.loss(logits.float(), lengths, batch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if t.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                loss_sum += loss.detach() * len(batch)
-                seen += len(batch)
-                if i % min(10, t.log_every) == 0 or i % t.log_every == 0 or i == epoch_steps:
-                    train_metrics.update(model.head.decode(logits.detach().float(), lengths), batch)
-                    shown_loss = float(loss_sum) / seen
-                    state.step = step
-                    for callback in callbacks:
-                        callback.on_step(state, shown_loss, scheduler.get_last_lr()[0])
-                    if not math.isfinite(shown_loss):
-                        kept = f"the last good checkpoint is {rundir.checkpoint_file(run_dir)}" if epoch > 1 else "no checkpoint was written"
-                        raise TrainingError(
-                            f"loss became {shown_loss} by step {step} (epoch {epoch}, batch {i}); {kept}. Lower "
-                            "trainer.optimizer.lr, set trainer.grad_clip (e.g. 1.0) or use trainer.precision=32-true"
-                        )
-                out.step(i, len(batch) * group.world, shown_loss, scheduler.get_last_lr()[0])
-                due = (every_steps and step - last_saved >= every_steps) or (every_seconds and time.perf_counter() - saved_at >= every_seconds)
-                if due and i < epoch_steps:  # the epoch's last step gets the full commit below
-                    progress = {"epoch": epoch, "batches": i, "data_rng": epoch_rng, "loss_sum": float(loss_sum), "seen": seen,
-                                "seconds": time.perf_counter() - epoch_start}
-                    record = snapshot(epoch - 1, partial=progress)
-                    if record is not None:
-                        checkpoint.save(record, rundir.checkpoint_file(run_dir))
-                        for callback in callbacks:
-                            callback.on_checkpoint(state, rundir.checkpoint_file(run_dir))
-                    last_saved, saved_at = step, time.perf_counter()
-            out.end_epoch()
-            report = getattr(data.train, "epoch_report", None)
-            trouble = report() if callable(report) else None
-            if trouble:
-                out.info(f"data: epoch {epoch}: {trouble}")
-                data.notes.append(f"epoch {epoch}: {trouble}")
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # the epoch's time includes the work still queued on the GPU
-            epoch_seconds = time.perf_counter() - epoch_start
-            train_seconds += epoch_seconds
-            train_loss, seen = group.mean(loss_sum, seen)
+    def _evaluate_epoch(self, loop: _Loop, epoch: int, trained: _EpochTrained, out: Reporter) -> tuple[dict[str, float], Any, bool]:
+        """Score val and test (each split shared out across ranks): val decides what is best,
+        test is only reported, so no choice is ever made on it. Records and shows the epoch's row."""
+        t, monitor, best = loop.cfg.trainer, loop.monitor, loop.best
+        scores = evaluate(loop.model, loop.data.val, t.eval_batch_size, loop.device, loop.choice.precision, group=loop.group).scores
+        evaluation = evaluate(loop.model, loop.data.test, t.eval_batch_size, loop.device, loop.choice.precision, keep=48, group=loop.group)
+        value = scores[monitor.main]
+        improved = best["value"] is None or (value > best["value"] if monitor.higher_is_better else value < best["value"])
+        if improved:
+            best.update(value=value, epoch=epoch, test=evaluation.scores)
+        row = {
+            "epoch": epoch,
+            "step": loop.step,
+            "train_loss": trained.loss,
+            f"train_{monitor.main}": trained.metric,
+            **{f"val_{k}": v for k, v in scores.items()},
+            **{f"test_{k}": v for k, v in evaluation.scores.items()},
+            "lr": loop.scheduler.get_last_lr()[0],
+            "images_per_s": trained.seen / trained.seconds,
+            "epoch_s": trained.seconds,
+            "elapsed_s": time.perf_counter() - loop.started,
+        }
+        loop.history.append(row)
+        shown = monitor.table or tuple(scores)
+        out.epoch_row({
+            "epoch": epoch,
+            "train_loss": row["train_loss"],
+            "val_loss": scores["loss"],
+            **{f"val_{k}": scores[k] for k in shown if k != "loss"},
+            f"test_{monitor.main}": evaluation.scores[monitor.main],
+            f"best_val_{monitor.main}": best["value"],
+            "img/s": round(row["images_per_s"]),
+            "time_s": f"{trained.seconds:.1f}",
+        })
+        breakdown = monitor.breakdown(scores)
+        if breakdown:
+            out.info(breakdown)
+        loop.state.step = loop.step
+        self._emit(loop, "on_epoch_end", row)
+        return scores, evaluation, improved
 
-            # Evaluate (each split shared out across ranks): val decides what is best, test is
-            # only reported, so no choice is ever made on it.
-            scores = evaluate(model, data.val, t.eval_batch_size, device, choice.precision, group=group).scores
-            evaluation = evaluate(model, data.test, t.eval_batch_size, device, choice.precision, keep=48, group=group)
-            value = scores[monitor.main]
-            improved = best["value"] is None or (value > best["value"] if monitor.higher_is_better else value < best["value"])
-            if improved:
-                best.update(value=value, epoch=epoch, test=evaluation.scores)
-            row = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": train_loss,
-                f"train_{monitor.main}": train_metrics.compute()[monitor.main],
-                **{f"val_{k}": v for k, v in scores.items()},
-                **{f"test_{k}": v for k, v in evaluation.scores.items()},
-                "lr": scheduler.get_last_lr()[0],
-                "images_per_s": seen / epoch_seconds,
-                "epoch_s": epoch_seconds,
-                "elapsed_s": time.perf_counter() - started,
-            }
-            history.append(row)
-            shown = monitor.table or tuple(scores)
-            out.epoch_row({
-                "epoch": epoch,
-                "train_loss": row["train_loss"],
-                "val_loss": scores["loss"],
-                **{f"val_{k}": scores[k] for k in shown if k != "loss"},
-                f"test_{monitor.main}": evaluation.scores[monitor.main],
-                f"best_val_{monitor.main}": best["value"],
-                "img/s": round(row["images_per_s"]),
-                "time_s": f"{epoch_seconds:.1f}",
-            })
-            breakdown = monitor.breakdown(scores)
-            if breakdown:
-                out.info(breakdown)
-            state.step = step
-            for callback in callbacks:
-                callback.on_epoch_end(state, row)
+    def _commit_epoch(self, loop: _Loop, epoch: int, scores: dict[str, float], evaluation: Any, improved: bool, out: Reporter) -> None:
+        """last.ckpt (the run's record, holding the history), then best.ckpt when the monitored
+        metric improved, then metrics.jsonl; signals wait until all three are written, and a kill
+        between them is repaired on resume (rundir.repair)."""
+        self._save(loop, self._snapshot(loop, epoch, metrics={"val": scores, "test": evaluation.scores}), improved, history=True)
+        if loop.state.stop:
+            out.info(loop.state.stop)
 
-            # Commit the epoch: last.ckpt (the run's record, holding the history), then best.ckpt
-            # when the monitored metric improved, then metrics.jsonl; signals wait until all three
-            # are written, and a kill between them is repaired on resume (rundir.repair).
-            record = snapshot(epoch, metrics={"val": scores, "test": evaluation.scores})
-            if record is not None:
-                with interrupts.deferred():
-                    checkpoint.save(record, rundir.checkpoint_file(run_dir))
-                    if improved:
-                        checkpoint.save(record, rundir.checkpoint_file(run_dir, "best"))
-                    atomic.write_text(run_dir / "metrics.jsonl", _jsonl(history))
-                for callback in callbacks:
-                    for path in [rundir.checkpoint_file(run_dir)] + ([rundir.checkpoint_file(run_dir, "best")] if improved else []):
-                        callback.on_checkpoint(state, path)
-            if state.stop:
-                out.info(state.stop)
+    def _save(self, loop: _Loop, record: checkpoint.Record | None, improved: bool, history: bool = False) -> None:
+        """Write ``record`` (rank 0's; None elsewhere) as last.ckpt, and best.ckpt and metrics.jsonl
+        where asked, as one step no signal cuts; then tell the callbacks."""
+        if record is None:
+            return
+        paths = [rundir.checkpoint_file(loop.run_dir)] + ([rundir.checkpoint_file(loop.run_dir, "best")] if improved else [])
+        with interrupts.deferred():
+            for path in paths:
+                checkpoint.save(record, path)
+            if history:
+                atomic.write_text(loop.run_dir / "metrics.jsonl", _jsonl(loop.history))
+        for path in paths:
+            self._emit(loop, "on_checkpoint", path)
 
-        if evaluation is None:  # resumed after its last epoch, to write what a kill kept it from writing
-            out.info("the run had finished its epochs but not its summary; writing it now")
-            evaluation = evaluate(model, data.test, t.eval_batch_size, device, choice.precision, keep=48, group=group)
+    def _snapshot(self, loop: _Loop, epoch_done: int, **extra: Any) -> checkpoint.Record | None:
+        """The checkpoint's contents after ``epoch_done`` finished epochs (every rank takes part
+        in gathering the random states; rank 0 gets the record)."""
+        group = loop.group
+        rng = {"python": random.getstate(), "torch": group.gather(torch.get_rng_state()), "data": loop.generator.get_state()}
+        if loop.device.type == "cuda":
+            rng["cuda"] = group.gather(torch.cuda.get_rng_state(loop.device))
+        if not group.main:
+            return None
+        return checkpoint.Record(
+            model=loop.model.state_dict(),
+            config=as_container(loop.cfg),
+            classes=list(loop.data.classes),
+            input=loop.spec,
+            decoding=loop.model.head.export_metadata(),
+            optimizer=loop.optimizer.state_dict(),
+            scheduler=loop.scheduler.state_dict(),
+            scaler=loop.scaler.state_dict(),
+            epoch=epoch_done,
+            step=loop.step,
+            best=dict(loop.best),
+            train_seconds=loop.train_seconds,
+            history=loop.history,
+            components=loop.components,
+            crnnfw_version=__version__,
+            rng=rng,
+            stopped=loop.state.stop,
+            callback_records=loop.state.records,
+            callback_states=[callback.state_dict() for callback in loop.callbacks],
+            **extra,
+        )
 
-        # Summary for people and scripts.
+    def _summarise(self, loop: _Loop, evaluation: Any, out: Reporter) -> FitResult:
+        """summary.json (for people and scripts; written last, so its presence says the run is
+        complete), the pictures, the callbacks' end, and the closing line."""
+        history, best, main = loop.history, loop.best, loop.monitor.main
         summary = {
-            "name": cfg.name,
-            "run_dir": str(run_dir),
+            "name": loop.cfg.name,
+            "run_dir": str(loop.run_dir),
             "best": best,
             "final": history[-1],
             "epochs": len(history),
-            "steps": step,
-            "train_seconds": train_seconds,
-            "total_seconds": time.perf_counter() - started,
-            "train_images_per_s": sum(r["images_per_s"] * r["epoch_s"] for r in history) / max(train_seconds, 1e-9),
-            "parameters": count_parameters(model),
-            "device": str(device),
-            "precision": choice.precision,
-            "precision_requested": t.precision,
+            "steps": loop.step,
+            "train_seconds": loop.train_seconds,
+            "total_seconds": time.perf_counter() - loop.started,
+            "train_images_per_s": sum(r["images_per_s"] * r["epoch_s"] for r in history) / max(loop.train_seconds, 1e-9),
+            "parameters": count_parameters(loop.model),
+            "device": str(loop.device),
+            "precision": loop.choice.precision,
+            "precision_requested": loop.cfg.trainer.precision,
             "cpu_capability": cpu_capability(),
-            "processes": group.world,
-            "data_notes": data.notes,
-            "stopped": state.stop,
-            "callbacks": state.records,
-            "components": components,
+            "processes": loop.group.world,
+            "data_notes": loop.data.notes,
+            "stopped": loop.state.stop,
+            "callbacks": loop.state.records,
+            "components": loop.components,
             "crnnfw_version": __version__,
         }
-        if group.main:  # the summary comes last: its presence says the run is complete
-            pictures.draw_run(run_dir, history, evaluation, monitor.main, data.classes)
-            pictures.samples_png(data, run_dir / "samples.png")  # training images as augmented, as the model saw them
-            atomic.write_text(run_dir / "summary.json", json.dumps(resolvers.redact(summary), indent=2) + "\n")
-        for callback in callbacks:
-            callback.on_fit_end(state, summary)
-        final, main = history[-1], monitor.main
+        if loop.group.main:
+            pictures.draw_run(loop.run_dir, history, evaluation, main, loop.data.classes)
+            pictures.samples_png(loop.data, loop.run_dir / "samples.png")  # training images as augmented, as the model saw them
+            atomic.write_text(loop.run_dir / "summary.json", json.dumps(resolvers.redact(summary), indent=2) + "\n")
+        self._emit(loop, "on_fit_end", summary)
+        final = history[-1]
         best_test = (best.get("test") or {}).get(main)  # absent in runs begun before val splits existed
         out.info(
             f"best val {main} {best['value']:.4f} (epoch {best['epoch']}" + (f", test {best_test:.4f}" if best_test is not None else "")
-            + f"), final val {final.get(f'val_{main}', math.nan):.4f}, test {final[f'test_{main}']:.4f}; run directory: {run_dir}"
+            + f"), final val {final.get(f'val_{main}', math.nan):.4f}, test {final[f'test_{main}']:.4f}; run directory: {loop.run_dir}"
         )
-        return FitResult(run_dir, summary)
+        return FitResult(loop.run_dir, summary)
 
 
 def build_callbacks(cfg: DictConfig, registry: Any) -> list[Callback]:

@@ -11,6 +11,7 @@ from .cnn_chain import CNNChainBackbone, CNNChainConfig
 from .ctc import CTCConfig, CTCHead
 from .dense import DenseConfig, DenseEncoder, FlattenConfig, FlattenEncoder
 from .early_stopping import EarlyStopping, EarlyStoppingConfig
+from .ema import EMA, EMAConfig
 from .lines import LinesConfig, lines_data
 from .lstm import LSTMConfig, LSTMEncoder
 from .mnist import MNISTConfig, mnist_data
@@ -65,6 +66,8 @@ def crnnfw_register_datasets(register):
 
 @crnnfw.hookimpl
 def crnnfw_register_callbacks(register):
+    register("ema", EMA, config=EMAConfig,
+             description="An exponential moving average of the weights, scored and saved in place of the trained ones")
     register("early_stopping", EarlyStopping, config=EarlyStoppingConfig,
              description="Stop when the val metric has not improved for `patience` epochs (recorded in summary.json)")
     register("tensorboard", TensorBoardLogger, config=TensorBoardConfig,

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 import crnnfw
 
@@ -120,3 +121,69 @@ def test_the_tensorboard_logger_writes_what_tensorboard_reads(tmp_path, cli):
     assert [e.value for e in events.Scalars("val/accuracy")] == pytest.approx([r["val_accuracy"] for r in rows])
     assert [e.step for e in events.Scalars("train/loss")][:2] == [2, 4]
     assert {"pictures/predictions", "pictures/curves"} <= set(events.Tags()["images"])
+
+
+@dataclass
+class InterruptConfig:
+    epoch: int = 0  # raise KeyboardInterrupt as this epoch's evaluation ends (after its commit); 0: never
+    step: int = 0  # ... or after this optimizer step; 0: never
+
+
+class Interrupt(crnnfw.Callback):
+    """A Ctrl-C at a chosen point of the loop, once per run (a resumed run passes it)."""
+
+    def __init__(self, config: InterruptConfig) -> None:
+        self.config = config
+
+    def _once(self, state):
+        marker = state.run_dir / "interrupted"
+        if not marker.exists():
+            marker.touch()
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, state):
+        if state.step == self.config.step:
+            self._once(state)
+
+    def on_evaluate_end(self, state):
+        if state.epoch == self.config.epoch:
+            self._once(state)
+
+
+def _weights(run_dir):
+    from crnnfw import checkpoint
+
+    return checkpoint.load(run_dir / "checkpoints" / "last.ckpt")
+
+
+def test_the_weight_average_is_scored_saved_and_resumed_bit_exactly(tmp_path, cli, extra_plugin):
+    extra_plugin("interrupt_plugin", crnnfw_register_callbacks=lambda register: register("interrupt", Interrupt, config=InterruptConfig))
+    ema = "{name: ema, decay: 0.9}"
+    args = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every=2", f"output_dir={tmp_path}"]  # 4 steps an epoch
+    runs = {}
+    for name, stop in (("straight", "epoch: 0"), ("after_epoch", "epoch: 1"), ("mid_epoch", "step: 7")):
+        result = cli("run", MNIST_CONFIG, *args, f"name={name}", f"trainer.callbacks=[{{name: interrupt, {stop}}}, {ema}]")
+        (runs[name],) = (tmp_path / name).iterdir()
+        if name != "straight":
+            assert result.code != 0 and "resume with crnnfw run --resume" in result.out
+            assert _weights(runs[name])["callback_states"][1]["swapped"] is (name == "after_epoch")  # killed inside or outside the window
+            assert cli("run", "--resume", runs[name]).code == 0
+        else:
+            assert result.code == 0, result.err
+    straight = _weights(runs["straight"])
+    summary = json.loads((runs["straight"] / "summary.json").read_text())
+    assert summary["callbacks"]["ema"] == {"decay": 0.9, "warmup": True, "updates": 8}
+    # The checkpoint holds the average, the callback's state the trained weights, and they differ.
+    state = straight["callback_states"][1]
+    assert state["swapped"] and state["updates"] == 8
+    trained = dict(zip([k for k, v in straight["model"].items() if v.is_floating_point()], state["shadow"]))
+    assert any(not torch.equal(trained[k], straight["model"][k]) for k in trained)
+    # What was scored is what was saved: evaluating best.ckpt gives the epoch's val figures.
+    best_epoch = summary["best"]["epoch"]
+    row = next(r for r in read_jsonl(runs["straight"] / "metrics.jsonl") if r["epoch"] == best_epoch)
+    scored = crnnfw.load(runs["straight"]).evaluate("val")["scores"]
+    assert scored["accuracy"] == pytest.approx(row["val_accuracy"])
+    for name in ("after_epoch", "mid_epoch"):
+        resumed = _weights(runs[name])
+        assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"]), name
+        assert all(torch.equal(a, b) for a, b in zip(state["shadow"], resumed["callback_states"][1]["shadow"])), name
