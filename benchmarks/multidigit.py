@@ -14,10 +14,7 @@ from pathlib import Path
 
 import torch
 
-from crnnfw import config
-from crnnfw.datasets import build_data
-from crnnfw.model import build_model
-from crnnfw.plugins import get_registry
+import crnnfw
 from crnnfw_plugins.ctc import beam_decode, greedy_decode
 from crnnfw_plugins.mnist import load_mnist
 from crnnfw_plugins.multidigit import DigitBank, MultiDigitConfig, compose
@@ -61,10 +58,8 @@ def main() -> None:
         few, lambda: beam_decode(log_probs[:few], lengths[:few], "0123456789", 10), args.repeats
     )
 
-    registry = get_registry()
-    run_cfg = config.resolve(config.load(CONFIG, ["data.train_size=1024", "data.test_size=512"]), registry)
-    data = build_data(run_cfg, registry)
-    model = build_model(run_cfg, data, registry)
+    built = crnnfw.build(CONFIG, ["data.train_size=1024", "data.test_size=512"])
+    run_cfg, data, model = built.config, built.data, built.model
     optimizer = torch.optim.AdamW(model.parameters())
     batch_size = run_cfg.trainer.batch_size
     batches = list(data.train.batches(batch_size, shuffle=True, generator=generator))

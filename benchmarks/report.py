@@ -13,19 +13,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crnnfw.hardware import describe, machine
+import crnnfw
 
 RESULTS = Path(__file__).resolve().parent.parent / "runs" / "benchmarks"
 
 
 def header() -> str:
     """One line naming the CPU, its capability, native bf16 and the thread count."""
-    return f"machine: {describe(machine())}"
+    facts = crnnfw.machine()
+    bf16 = "native bf16" if facts["native_bf16"] else "no native bf16"
+    gpu = f", GPU {facts['gpu']}" if facts.get("gpu") else ""
+    return f"machine: {facts['cpu']} ({facts['cpu_capability']}, {bf16}), {facts['threads']} threads{gpu}, torch {facts['torch']}"
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:
     """Print the results as one JSON line, with the machine, and keep them in a file."""
-    record = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **payload}
+    record = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": crnnfw.machine(), **payload}
     print(json.dumps(record))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"

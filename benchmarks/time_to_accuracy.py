@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from crnnfw.trainer import read_history
+import crnnfw
 
 import report  # benchmarks/report.py: the machine beside every figure
 
@@ -34,8 +34,8 @@ def measure(config: Path, overrides: list[str]) -> dict:
         command = [sys.executable, "-m", "crnnfw", "run", str(config), f"output_dir={out}", "name=bench", *overrides]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         (run_dir,) = (Path(out) / "bench").iterdir()
-        rows = read_history(run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
+        rows = crnnfw.Run(run_dir, summary).history
     reached: dict[str, float | None] = {}
     for target in TARGETS:
         seconds = 0.0

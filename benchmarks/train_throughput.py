@@ -21,6 +21,7 @@ over the data; the first warms up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import statistics
 import tempfile
@@ -30,16 +31,10 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from torch import nn
 
-from crnnfw import Batch, config
-from crnnfw.datasets import build_data
-from crnnfw.plugins import get_registry
-from crnnfw.hardware import hardware
-from crnnfw.precision import autocast
-from crnnfw.progress import Reporter
-from crnnfw.trainer import Trainer, read_history, select_device
+import crnnfw
+from crnnfw import Batch
 from crnnfw_plugins.mnist import load_mnist
 
 import report  # benchmarks/report.py: the machine beside every figure
@@ -113,7 +108,7 @@ def plain_loop(make: Callable[[], nn.Module], batches: Callable[[], Iterable[Bat
         start, count = time.perf_counter(), 0
         for batch in batches():
             batch = batch.to(device)
-            with autocast(device, precision):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
                 logits = model(batch.images)
             loss = loss_of(logits.float(), batch)
             optimizer.zero_grad(set_to_none=True)
@@ -152,10 +147,8 @@ def crnnfw_loop(model: str, count: int, batch_size: int, device: torch.device, e
     with tempfile.TemporaryDirectory() as out:
         overrides = [*sized(count), "trainer.epochs=2", f"trainer.batch_size={batch_size}", f"trainer.device={device}",
                      f"output_dir={out}", *extra]
-        cfg = config.resolve(config.load(path, overrides), get_registry())
-        quiet = Reporter(console=Console(file=io.StringIO()))
-        run_dir = Trainer(cfg, reporter=quiet).fit().run_dir
-        rows = read_history(run_dir)
+        with contextlib.redirect_stdout(io.StringIO()):  # the run's log goes to its train.log only
+            rows = crnnfw.train(path, overrides).history
     return rows[-1]["images_per_s"]
 
 
@@ -168,9 +161,8 @@ def contenders(model: str, count: int, batch_size: int, device: torch.device, co
 
     fp32, bf16_overrides = ["trainer.precision=32-true"], ["trainer.precision=bf16-mixed"]
     if model == "multidigit_ctc":
-        registry = get_registry()
         path, _, sized = MODELS[model]
-        data = build_data(config.resolve(config.load(path, sized(count)), registry), registry)
+        data = crnnfw.build(path, sized(count)).data
 
         def plain(precision: str) -> Callable[[], float]:
             generator = torch.Generator().manual_seed(0)
@@ -211,9 +203,10 @@ def main() -> None:
     parser.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto",
                         help="time bf16-mixed too (auto: where the device has native bf16; emulated bf16 is ~7x slower than fp32)")
     args = parser.parse_args()
-    device = select_device(args.device)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and hardware(device).native_bf16)
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else crnnfw.machine()["native_bf16"]
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native)
     print(report.header())
     if not bf16:
         print("bf16-mixed not timed: this device has no native bf16 (--bf16 yes times it anyway)")

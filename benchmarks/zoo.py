@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from crnnfw.hardware import machine
+import crnnfw
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "zoo"
@@ -281,7 +281,7 @@ def main() -> int:
             print(f"  {percent(result['accuracy'])} ({outcome} {percent(entry.bar)}), {result['parameters']:,} parameters, "
                   f"{minutes(result['train_seconds'])} training, {result['images_per_s']:,.0f} images/s", flush=True)
         session["machine"] = {
-            **machine(),
+            **crnnfw.machine(),
             "cores": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"),
             "load_before": load_before,

@@ -32,13 +32,14 @@ from .metrics import SequenceScores, edit_distance
 from .model import collapse_height
 from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask, mask_padding, masks_needed, unpadded
 from .version import __version__
-from .api import Recognizer, Run, load, train  # noqa: E402  (the API builds on everything above)
+from .api import Built, Recognizer, Run, build, load, machine, train  # noqa: E402  (the API builds on everything above)
 from .predict import Prediction
 
 __all__ = [
     "AugmentConfig",
     "Backbone",
     "Batch",
+    "Built",
     "Callback",
     "BatchTransform",
     "CheckpointError",
@@ -70,10 +71,12 @@ __all__ = [
     "TrainingError",
     "__version__",
     "collapse_height",
+    "build",
     "edit_distance",
     "hookimpl",
     "length_mask",
     "load",
+    "machine",
     "mask_padding",
     "masks_needed",
     "train",

@@ -22,6 +22,7 @@ from PIL import Image
 
 from . import atomic
 from . import config as config_mod
+from .data import DataModule
 from .errors import ConfigError, CrnnfwError
 from .images import MAX_PIXELS
 from .plugins import get_host
@@ -74,14 +75,52 @@ def train(
         return Run(fitted.run_dir, fitted.summary)
     if init_from is not None:
         overrides.append(f"trainer.init_from={init_from}")
-    if isinstance(config, (str, Path)):
-        source, loaded = str(config), config_mod.load(config, overrides)
-    elif isinstance(config, (Mapping, DictConfig)):
-        source, loaded = "config", config_mod.apply_overrides(OmegaConf.create(dict(config) if isinstance(config, Mapping) else config), overrides)
-    else:
-        raise ConfigError(f"train: config must be a YAML file or a mapping, not {type(config).__name__}")
-    fitted = Trainer(config_mod.resolve(loaded, get_host().registry, source=source, allow_env=allow_env)).fit()
+    fitted = Trainer(_resolved(config, overrides, allow_env, "train")).fit()
     return Run(fitted.run_dir, fitted.summary)
+
+
+def _resolved(config: str | Path | Mapping[str, Any] | DictConfig, overrides: Sequence[str], allow_env: bool, caller: str) -> DictConfig:
+    """A YAML file or a mapping, with ``overrides`` applied, validated against the registry."""
+    if isinstance(config, (str, Path)):
+        source, loaded = str(config), config_mod.load(config, list(overrides))
+    elif isinstance(config, (Mapping, DictConfig)):
+        source, loaded = "config", config_mod.apply_overrides(OmegaConf.create(dict(config) if isinstance(config, Mapping) else config), list(overrides))
+    else:
+        raise ConfigError(f"{caller}: config must be a YAML file or a mapping, not {type(config).__name__}")
+    return config_mod.resolve(loaded, get_host().registry, source=source, allow_env=allow_env)
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a config describes, untrained: its resolved ``config``, its ``data`` (a
+    ``crnnfw.DataModule``) and its ``model`` (an ``nn.Module`` taking ``(images, widths)`` and
+    returning ``(logits, lengths)``; ``model.head`` has ``loss``, ``decode`` and ``metrics``)."""
+
+    config: DictConfig
+    data: DataModule
+    model: torch.nn.Module
+
+
+def build(config: str | Path | Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (), *, allow_env: bool = False,
+          **options: Any) -> Built:
+    """The data and the model a config describes, checked as ``crnnfw run`` checks them
+    before training, for a loop of your own, a notebook or a benchmark (arguments as for
+    :func:`train`)."""
+    from .datasets import build_data
+    from .model import build_model
+
+    cfg = _resolved(config, [*overrides, *_dotlist(options)], allow_env, "build")
+    registry = get_host().registry
+    data = build_data(cfg, registry)
+    return Built(cfg, data, build_model(cfg, data, registry))
+
+
+def machine() -> dict[str, Any]:
+    """The facts a speed figure depends on (CPU model and vector instructions, native bf16,
+    threads, GPU, torch version), to print and save beside it."""
+    from .hardware import machine as facts
+
+    return facts()
 
 
 def _dotlist(options: Mapping[str, Any], prefix: str = "") -> list[str]:

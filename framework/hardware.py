@@ -65,10 +65,3 @@ def machine() -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
     }
-
-
-def describe(facts: dict[str, Any]) -> str:
-    """One line of :func:`machine`'s facts."""
-    bf16 = "native bf16" if facts["native_bf16"] else "no native bf16"
-    gpu = f", GPU {facts['gpu']}" if facts.get("gpu") else ""
-    return f"{facts['cpu']} ({facts['cpu_capability']}, {bf16}), {facts['threads']} threads{gpu}, torch {facts['torch']}"

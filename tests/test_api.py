@@ -70,11 +70,24 @@ def test_train_from_a_mapping_with_keyword_options(tmp_path):
     run = crnnfw.train(config, [FP32], output_dir=str(tmp_path), trainer={"epochs": 2, "batch_size": 64})
     assert run.run_dir.parent == tmp_path / "api"
     assert [row["epoch"] for row in run.history] == [1, 2] and run.summary["epochs"] == 2
-    assert run.load().predict(np.zeros((28, 28), dtype=np.uint8))[0].text in "0123456789"
+    text = run.load().predict(np.zeros((28, 28), dtype=np.uint8))[0].text
+    assert len(text) == 1 and text in "0123456789"
     more = crnnfw.train(None, resume=run.run_dir, trainer={"epochs": 3})
     assert more.run_dir == run.run_dir and [row["epoch"] for row in more.history] == [1, 2, 3]
     with pytest.raises(crnnfw.ConfigError, match="trainer.epoch"):
         crnnfw.train(MNIST_CONFIG, ["trainer.epoch=3"])
+
+
+def test_build_gives_the_checked_model_and_data_a_run_would_train(tmp_path):
+    built = crnnfw.build(MNIST_CONFIG, [FP32, "data.train_limit=128", "data.val_size=64", "data.test_limit=64"], trainer={"batch_size": 32})
+    assert built.config.trainer.batch_size == 32 and len(built.data.train) == 128 and len(built.data.val) == 64
+    batch = next(built.data.train.batches(32, shuffle=False))
+    logits, lengths = built.model(batch.images, batch.widths)
+    assert logits.shape == (32, len(built.data.classes)) and built.model.head.loss(logits, lengths, batch).detach().item() > 0
+    with pytest.raises(crnnfw.ConfigError, match="model.backbone.name: unknown backbone 'nope'"):
+        crnnfw.build(MNIST_CONFIG, ["model.backbone.name=nope"])
+    facts = crnnfw.machine()
+    assert facts["threads"] >= 1 and facts["cpu_capability"] and isinstance(facts["native_bf16"], bool)
 
 
 def test_the_api_docs_run_as_written(tmp_path, monkeypatch):
