@@ -1,9 +1,10 @@
 """Inference throughput: eager PyTorch against the exported ONNX model under ONNX Runtime.
 
-Builds each recipe's model (random weights: speed does not depend on them), exports it the
-way `crnnfw export` does, with padding masks and with `--unpadded` (the benchmark's batches
-are unpadded: every image has the batch's width), and times the engines at batch 1 and
-batch 256 on the CPU, alternating, medians over repeats; ratios are measured within one run.
+Builds each recipe's model with ``crnnfw.build`` (random weights: speed does not depend on
+them) and exports the same architecture, trained for one step, through ``Recognizer.export``
+as ``crnnfw export`` does, with padding masks and ``unpadded`` (the benchmark's batches are
+unpadded: every image has the batch's width); times the engines at batch 1 and batch 256 on
+the CPU, alternating, medians over repeats; ratios are measured within one run.
 
     python benchmarks/inference.py [--repeats 5] [--seconds 1.0] [--threads 0] [--device cpu|cuda]
 
@@ -13,8 +14,11 @@ On a GPU it compares eager fp32, eager bf16 and ``torch.compile`` (bf16) instead
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,19 +28,14 @@ from rich.console import Console
 from rich.table import Table
 
 import crnnfw
-from crnnfw import config
-from crnnfw.export import model_to_onnx, onnx_session, run_onnx
-from crnnfw.model import assemble
-from crnnfw.plugins import get_registry
-from crnnfw.precision import autocast
-from crnnfw.trainer import select_device
 
 import report  # benchmarks/report.py: the machine beside every figure
 
 ROOT = Path(__file__).resolve().parent.parent
+#: recipe -> (config, overrides for a small data set to build it with, the timed width)
 RECIPES = {
-    "mnist_crnn": (ROOT / "configs" / "mnist_crnn.yaml", 1, 28, [28]),
-    "multidigit_ctc": (ROOT / "configs" / "multidigit_ctc.yaml", 1, 32, [100]),
+    "mnist_crnn": (ROOT / "configs" / "mnist_crnn.yaml", ["data.train_limit=64", "data.val_size=64", "data.test_limit=64"], 28),
+    "multidigit_ctc": (ROOT / "configs" / "multidigit_ctc.yaml", ["data.train_size=64", "data.val_size=64", "data.test_size=64"], 100),
 }
 
 
@@ -55,26 +54,32 @@ def rate(call: Callable[[], object], images: int, seconds: float, device: torch.
     return images * count / elapsed
 
 
-def engines(model: torch.nn.Module, example: torch.Tensor, device: torch.device, threads: int) -> dict[str, Callable]:
+def onnx_files(path: Path, overrides: list[str], folder: Path) -> tuple[Path, Path]:
+    """The recipe's architecture exported with padding masks and unpadded, after one training step."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        run = crnnfw.train(path, [*overrides, "trainer.max_steps=1", "trainer.precision=32-true"], output_dir=str(folder))
+    recognizer = run.load()
+    return recognizer.export(folder / "masked.onnx"), recognizer.export(folder / "unpadded.onnx", unpadded=True)
+
+
+def engines(model: torch.nn.Module, files: tuple[Path, Path], device: torch.device, threads: int) -> dict[str, Callable]:
     """name -> function of (images, widths) for each engine compared on this device; the first is the baseline."""
     def eager(precision: str, net: Callable) -> Callable:
         def call(images: torch.Tensor, widths: torch.Tensor) -> object:
-            with torch.inference_mode(), autocast(device, precision):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
                 return net(images, widths)
         return call
 
-    def onnx(session: object) -> Callable:
-        return lambda images, widths: run_onnx(session, {"images": images, "widths": widths})
+    def onnx(file: Path) -> Callable:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        return lambda images, widths: session.run(None, {"images": images.numpy(), "widths": widths.numpy()})
 
     if device.type == "cpu":
-        # Traced on a batch wider than the timed one, padded for the masked graph, so neither graph
-        # is specialised to the timed size.
-        width = example.shape[-1]
-        padded = (example, torch.tensor([width, width - 20]))
-        masked = onnx_session(model_to_onnx(model, padded), threads=threads)
-        with crnnfw.unpadded():
-            unpadded = onnx_session(model_to_onnx(model, (example, torch.tensor([width, width]))), threads=threads)
-        return {"eager": eager("32-true", model), "onnx": onnx(masked), "onnx_unpadded": onnx(unpadded)}
+        return {"eager": eager("32-true", model), "onnx": onnx(files[0]), "onnx_unpadded": onnx(files[1])}
     model = model.to(device)
     compiled = torch.compile(model)
     return {"eager": eager("32-true", model), "eager_bf16": eager("bf16-mixed", model),
@@ -90,13 +95,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    device = torch.device(args.device)
     rows = []
-    for name, (path, channels, height, widths) in RECIPES.items():
-        cfg = config.resolve(config.load(path), get_registry())
-        model = assemble(cfg, get_registry(), channels=channels, height=height, classes=tuple("0123456789")).eval()
-        width = widths[0]
-        runs = engines(model, torch.rand(2, channels, height, width + 20), device, torch.get_num_threads())
+    for name, (path, overrides, width) in RECIPES.items():
+        built = crnnfw.build(path, overrides)
+        model, channels, height = built.model.eval(), built.data.channels, built.data.height
+        with tempfile.TemporaryDirectory() as folder:
+            files = onnx_files(path, overrides, Path(folder)) if device.type == "cpu" else (Path(), Path())
+            runs = engines(model, files, device, torch.get_num_threads())
         for batch in (1, 256):
             images = torch.rand(batch, channels, height, width, device=device if device.type == "cuda" else None)
             lengths = torch.full((batch,), width, device=images.device)
