@@ -26,6 +26,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check framework plugins tests benchmarks examples configs
+	$(BIN)/ruff format --check framework plugins tests benchmarks examples configs
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -41,6 +41,7 @@ RECIPES = {
 
 def rate(call: Callable[[], object], images: int, seconds: float, device: torch.device) -> float:
     """Images/s of ``call`` run repeatedly for about ``seconds`` (after two warm-up calls)."""
+
     def timed() -> None:
         call()
         if device.type == "cuda":
@@ -64,10 +65,12 @@ def onnx_files(path: Path, overrides: list[str], folder: Path) -> tuple[Path, Pa
 
 def engines(model: torch.nn.Module, files: tuple[Path, Path], device: torch.device, threads: int) -> dict[str, Callable]:
     """name -> function of (images, widths) for each engine compared on this device; the first is the baseline."""
+
     def eager(precision: str, net: Callable) -> Callable:
         def call(images: torch.Tensor, widths: torch.Tensor) -> object:
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
                 return net(images, widths)
+
         return call
 
     def onnx(file: Path) -> Callable:
@@ -82,8 +85,7 @@ def engines(model: torch.nn.Module, files: tuple[Path, Path], device: torch.devi
         return {"eager": eager("32-true", model), "onnx": onnx(files[0]), "onnx_unpadded": onnx(files[1])}
     model = model.to(device)
     compiled = torch.compile(model)
-    return {"eager": eager("32-true", model), "eager_bf16": eager("bf16-mixed", model),
-            "compiled_bf16": eager("bf16-mixed", compiled)}
+    return {"eager": eager("32-true", model), "eager_bf16": eager("bf16-mixed", model), "compiled_bf16": eager("bf16-mixed", compiled)}
 
 
 def main() -> None:
@@ -120,8 +122,7 @@ def main() -> None:
         table.add_column(column, justify="right")
     for r in rows:
         m = r["images_per_s"]
-        table.add_row(r["model"], str(r["batch"]), str(r["width"]), *(f"{v:,.0f}" for v in m.values()),
-                      *(f"{m[o] / m[baseline]:.2f}x" for o in others))
+        table.add_row(r["model"], str(r["batch"]), str(r["width"]), *(f"{v:,.0f}" for v in m.values()), *(f"{m[o] / m[baseline]:.2f}x" for o in others))
     Console(width=max(120, Console().width)).print(table)
     report.save("inference", {"device": where, "rows": rows})
 

@@ -73,10 +73,8 @@ def generate(folder: Path, count: int) -> Path:
 
 
 def measure(labels: Path, cache: Path, mode: str, walk: bool) -> dict:
-    overrides = [f"data.train={labels}", f"data.test={labels.with_name('test.txt')}", f"data.cache={mode}", f"data.cache_dir={cache}",
-                 "data.max_width=800"]
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(overrides), str(ROOT / "configs" / "lines_ctc.yaml"),
-                          "pass" if walk else "no"], capture_output=True, text=True)
+    overrides = [f"data.train={labels}", f"data.test={labels.with_name('test.txt')}", f"data.cache={mode}", f"data.cache_dir={cache}", "data.max_width=800"]
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(overrides), str(ROOT / "configs" / "lines_ctc.yaml"), "pass" if walk else "no"], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"lines_data: the {mode} measurement failed: {out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -104,8 +102,10 @@ def main() -> None:
     decode_rate = args.count / first["startup_s"]
     stream_rate = rows["stream (start-up, then one pass)"]["passed"] / max(rows["stream (start-up, then one pass)"]["pass_s"], 1e-9)
     print(f"decode throughput (first start): {decode_rate:,.0f} images/s; streamed training pass: {stream_rate:,.0f} images/s")
-    report.save("lines_data", {"count": args.count, "rows": rows, "decode_images_per_s": decode_rate,
-                               "stream_images_per_s": stream_rate, "peak_rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    report.save(
+        "lines_data",
+        {"count": args.count, "rows": rows, "decode_images_per_s": decode_rate, "stream_images_per_s": stream_rate, "peak_rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+    )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,7 @@ def main() -> None:
     lengths = torch.full((count,), steps)
     results["greedy decode sequences/s"] = rate(count, lambda: greedy_decode(log_probs, lengths, "0123456789"), args.repeats)
     few = 200
-    results["beam decode (width 10) sequences/s"] = rate(
-        few, lambda: beam_decode(log_probs[:few], lengths[:few], "0123456789", 10), args.repeats
-    )
+    results["beam decode (width 10) sequences/s"] = rate(few, lambda: beam_decode(log_probs[:few], lengths[:few], "0123456789", 10), args.repeats)
 
     built = crnnfw.build(CONFIG, ["data.train_size=1024", "data.test_size=512"])
     run_cfg, data, model = built.config, built.data, built.model

@@ -29,8 +29,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "multidigit_ctc.ya
 
 def scores(pairs: list[tuple[str, str]]) -> dict[str, float]:
     """Sequence accuracy, CER and accuracy per length of (truth, prediction) pairs."""
-    out = {"accuracy": sum(t == p for t, p in pairs) / len(pairs),
-           "cer": sum(edit_distance(t, p) for t, p in pairs) / sum(len(t) for t, _ in pairs)}
+    out = {"accuracy": sum(t == p for t, p in pairs) / len(pairs), "cer": sum(edit_distance(t, p) for t, p in pairs) / sum(len(t) for t, _ in pairs)}
     for n in sorted({len(t) for t, _ in pairs}):
         some = [(t, p) for t, p in pairs if len(t) == n]
         out[f"accuracy_len{n}"] = sum(t == p for t, p in some) / len(some)
@@ -56,14 +55,29 @@ def main() -> None:
         labels = ood_digits.write_set(folder, args.count, args.seed)
         truth = dict(line.rstrip("\n").split("\t") for line in labels.read_text().splitlines(keepends=True))
         cli = [sys.executable, "-m", "crnnfw"]
-        predicted = subprocess.run([*cli, "predict", str(run_dir), str(Path(folder) / "images"), "--json"],
-                                   check=True, capture_output=True, text=True).stdout
+        predicted = subprocess.run([*cli, "predict", str(run_dir), str(Path(folder) / "images"), "--json"], check=True, capture_output=True, text=True).stdout
         rows = [json.loads(line) for line in predicted.splitlines() if line.strip()]
         pairs = [(truth[str(Path(row["file"]).relative_to(folder))], row["text"]) for row in rows]
         results["ood predict"] = scores(pairs)
-        evaluated = subprocess.run([*cli, "eval", str(run_dir), "data.name=lines", f"data.train={labels}", f"data.test={labels}",
-                                    "data.val=" + str(labels), "data.charset=0123456789", "data.cache=off", "--json",
-                                    "--out", str(Path(folder) / "eval")], check=True, capture_output=True, text=True).stdout
+        evaluated = subprocess.run(
+            [
+                *cli,
+                "eval",
+                str(run_dir),
+                "data.name=lines",
+                f"data.train={labels}",
+                f"data.test={labels}",
+                "data.val=" + str(labels),
+                "data.charset=0123456789",
+                "data.cache=off",
+                "--json",
+                "--out",
+                str(Path(folder) / "eval"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results["ood eval"] = json.loads(evaluated)["scores"]
     print(report.header())
     print(f"run: {run_dir}")

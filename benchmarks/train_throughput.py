@@ -97,8 +97,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_loop(make: Callable[[], nn.Module], batches: Callable[[], Iterable[Batch]], loss_of: Callable, device: torch.device,
-               precision: str) -> float:
+def plain_loop(make: Callable[[], nn.Module], batches: Callable[[], Iterable[Batch]], loss_of: Callable, device: torch.device, precision: str) -> float:
     """Samples/s of a minimal training loop, on its second pass (the first warms up)."""
     torch.manual_seed(0)
     model = make().to(device)
@@ -145,17 +144,16 @@ def crnnfw_loop(model: str, count: int, batch_size: int, device: torch.device, e
     as the run's metrics.jsonl reports it)."""
     path, _, sized = MODELS[model]
     with tempfile.TemporaryDirectory() as out:
-        overrides = [*sized(count), "trainer.epochs=2", f"trainer.batch_size={batch_size}", f"trainer.device={device}",
-                     f"output_dir={out}", *extra]
+        overrides = [*sized(count), "trainer.epochs=2", f"trainer.batch_size={batch_size}", f"trainer.device={device}", f"output_dir={out}", *extra]
         with contextlib.redirect_stdout(io.StringIO()):  # the run's log goes to its train.log only
             rows = crnnfw.train(path, overrides).history
     return rows[-1]["images_per_s"]
 
 
-def contenders(model: str, count: int, batch_size: int, device: torch.device, compile_too: bool,
-               bf16: bool) -> dict[str, Callable[[], float]]:
+def contenders(model: str, count: int, batch_size: int, device: torch.device, compile_too: bool, bf16: bool) -> dict[str, Callable[[], float]]:
     """The loops compared for one model on this device: name -> function returning samples/s
     (the bf16 ones only with ``bf16``)."""
+
     def crnnfw(*extra: str) -> Callable[[], float]:
         return lambda: crnnfw_loop(model, count, batch_size, device, list(extra))
 
@@ -166,19 +164,16 @@ def contenders(model: str, count: int, batch_size: int, device: torch.device, co
 
         def plain(precision: str) -> Callable[[], float]:
             generator = torch.Generator().manual_seed(0)
-            return lambda: plain_loop(PlainCTC, lambda: data.train.batches(batch_size, shuffle=True, generator=generator),
-                                      ctc_loss, device, precision)
+            return lambda: plain_loop(PlainCTC, lambda: data.train.batches(batch_size, shuffle=True, generator=generator), ctc_loss, device, precision)
 
         loops = {"plain": plain("32-true"), "crnnfw": crnnfw(*fp32)}
         return {**loops, "plain_bf16": plain("bf16-mixed"), "crnnfw_bf16": crnnfw(*bf16_overrides)} if bf16 else loops
 
     def plain_mnist(precision: str) -> Callable[[], float]:
-        return lambda: plain_loop(PlainCRNN, mnist_batches(count, batch_size, device), lambda logits, batch: F.cross_entropy(logits, batch.targets),
-                                  device, precision)
+        return lambda: plain_loop(PlainCRNN, mnist_batches(count, batch_size, device), lambda logits, batch: F.cross_entropy(logits, batch.targets), device, precision)
 
     bf16_overrides.append("data.augment.enabled=false")
-    loops = {"plain": plain_mnist("32-true"), "crnnfw": crnnfw(*fp32, "data.augment.enabled=false"),
-             "crnnfw_augmented": crnnfw(*fp32)}
+    loops = {"plain": plain_mnist("32-true"), "crnnfw": crnnfw(*fp32, "data.augment.enabled=false"), "crnnfw_augmented": crnnfw(*fp32)}
     if bf16:
         loops["crnnfw_bf16"] = crnnfw(*bf16_overrides)
     if device.type == "cuda":
@@ -200,8 +195,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="0: the recipe's own (128 for mnist_crnn, 64 for multidigit_ctc)")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="also time trainer.compile=default (mnist_crnn, fp32 and bf16; compiled in the warm-up pass)")
-    parser.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto",
-                        help="time bf16-mixed too (auto: where the device has native bf16; emulated bf16 is ~7x slower than fp32)")
+    parser.add_argument("--bf16", choices=["auto", "yes", "no"], default="auto", help="time bf16-mixed too (auto: where the device has native bf16; emulated bf16 is ~7x slower than fp32)")
     args = parser.parse_args()
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -231,13 +225,11 @@ def main() -> None:
             print(f"{name:<30}{medians[name]:>18.0f}   {' '.join(f'{v:.0f}' for v in values)}")
         print(f"ratio crnnfw / plain: {ratio:.3f}" + (f"   bf16-mixed / fp32 (crnnfw): {bf16_speedup:.2f}x" if bf16 else ""))
         if augment_share is not None:
-            print(f"ratio crnnfw augmented / plain: {medians['crnnfw_augmented'] / medians['plain']:.3f}   "
-                  f"augmentation's share of a step: {augment_share:.1%}")
+            print(f"ratio crnnfw augmented / plain: {medians['crnnfw_augmented'] / medians['plain']:.3f}   augmentation's share of a step: {augment_share:.1%}")
         if "crnnfw_compile" in medians:
             print(f"ratio crnnfw compiled / plain: {medians['crnnfw_compile'] / medians['plain']:.3f}")
         print()
-        results_out["models"][model] = {"batch_size": batch_size, "medians": medians, "runs": results, "ratio": ratio,
-                                        "bf16_speedup": bf16_speedup, "augment_share": augment_share}
+        results_out["models"][model] = {"batch_size": batch_size, "medians": medians, "runs": results, "ratio": ratio, "bf16_speedup": bf16_speedup, "augment_share": augment_share}
     report.save("train_throughput", results_out)
 
 

@@ -192,42 +192,43 @@ def write_docs(path: Path, state: dict[str, Any]) -> None:
     notes = []
     for entry in ZOO:
         if entry.config in state["results"]:
-            notes += [f"### {entry.model}", "", f"`configs/zoo/{entry.config}.yaml`:", "", "```text",
-                      header_comment(CONFIGS / f"{entry.config}.yaml"), "```", ""]
-    text = "\n".join([
-        "# The MNIST model zoo",
-        "",
-        "The classic Keras tutorials on MNIST build a family of models: a CRNN, CNNs feeding LSTMs, an",
-        "LSTM over the image rows, two plain CNNs and an MLP. Each is a config in `configs/zoo/` over",
-        "crnnfw's built-in components, trained by the same trainer with its tutorial's recipe: Adam",
-        "at a constant learning rate of 1e-3, the tutorial's epochs and batch size, no augmentation,",
-        "no label smoothing, seed 0. Weights start from PyTorch's default initialisation, not Keras'.",
-        "",
-        "Test accuracy is the final epoch's, on the 10,000 MNIST test images (what the tutorials",
-        "print at the end); \"best (epoch)\" is the best epoch's, which `best.ckpt` keeps. Every",
-        "model must beat 98.0%, except the row LSTM (97.0%) and the MLP (97.5%). Training time and",
-        "images/s count training only, not evaluation.",
-        "",
-        *table(results),
-        "",
-        verdict(results),
-        "",
-        *(line for session, measured_here in sessions for line in (measured(session, measured_here), "")),
-        *([ONE_THREAD, ""] if any(r.get("threads", 0) for r in results) else []),
-        SOURCES,
-        "",
-        "Rerun one model with `crnnfw run configs/zoo/<config>.yaml`, all of them (and rewrite this",
-        "page) with `python benchmarks/zoo.py`, or some of them, keeping the others' figures, with",
-        "`python benchmarks/zoo.py --only <config>,...`.",
-        "",
-        "## Components",
-        "",
-        COMPONENTS,
-        "",
-        "## The models, and what changed from the tutorials",
-        "",
-        *notes,
-    ])
+            notes += [f"### {entry.model}", "", f"`configs/zoo/{entry.config}.yaml`:", "", "```text", header_comment(CONFIGS / f"{entry.config}.yaml"), "```", ""]
+    text = "\n".join(
+        [
+            "# The MNIST model zoo",
+            "",
+            "The classic Keras tutorials on MNIST build a family of models: a CRNN, CNNs feeding LSTMs, an",
+            "LSTM over the image rows, two plain CNNs and an MLP. Each is a config in `configs/zoo/` over",
+            "crnnfw's built-in components, trained by the same trainer with its tutorial's recipe: Adam",
+            "at a constant learning rate of 1e-3, the tutorial's epochs and batch size, no augmentation,",
+            "no label smoothing, seed 0. Weights start from PyTorch's default initialisation, not Keras'.",
+            "",
+            "Test accuracy is the final epoch's, on the 10,000 MNIST test images (what the tutorials",
+            'print at the end); "best (epoch)" is the best epoch\'s, which `best.ckpt` keeps. Every',
+            "model must beat 98.0%, except the row LSTM (97.0%) and the MLP (97.5%). Training time and",
+            "images/s count training only, not evaluation.",
+            "",
+            *table(results),
+            "",
+            verdict(results),
+            "",
+            *(line for session, measured_here in sessions for line in (measured(session, measured_here), "")),
+            *([ONE_THREAD, ""] if any(r.get("threads", 0) for r in results) else []),
+            SOURCES,
+            "",
+            "Rerun one model with `crnnfw run configs/zoo/<config>.yaml`, all of them (and rewrite this",
+            "page) with `python benchmarks/zoo.py`, or some of them, keeping the others' figures, with",
+            "`python benchmarks/zoo.py --only <config>,...`.",
+            "",
+            "## Components",
+            "",
+            COMPONENTS,
+            "",
+            "## The models, and what changed from the tutorials",
+            "",
+            *notes,
+        ]
+    )
     path.write_text(text.rstrip() + "\n")
 
 
@@ -278,8 +279,11 @@ def main() -> int:
             print(f"  {entry.config} failed after {result['wall_seconds']:.0f} s: {result['error']}", flush=True)
         else:
             outcome = "beats" if result["passed"] else "MISSES"
-            print(f"  {percent(result['accuracy'])} ({outcome} {percent(entry.bar)}), {result['parameters']:,} parameters, "
-                  f"{minutes(result['train_seconds'])} training, {result['images_per_s']:,.0f} images/s", flush=True)
+            print(
+                f"  {percent(result['accuracy'])} ({outcome} {percent(entry.bar)}), {result['parameters']:,} parameters, "
+                f"{minutes(result['train_seconds'])} training, {result['images_per_s']:,.0f} images/s",
+                flush=True,
+            )
         session["machine"] = {
             **crnnfw.machine(),
             "cores": os.cpu_count(),

@@ -25,8 +25,7 @@ from .augment import AugmentConfig, RandomAffine, TextAugment, TextAugmentConfig
 from .batch import Batch
 from .callbacks import Callback, FitState
 from .data import BatchTransform, DataModule, PackedSplit, Split, TensorSplit
-from .errors import (CheckpointError, ConfigError, CrnnfwError, DataError, DataProblems, ExportError, ImageError, ModelError, PluginError,
-                     Problem, TrainingError)
+from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, DataProblems, ExportError, ImageError, ModelError, PluginError, Problem, TrainingError
 from .hookspecs import hookimpl
 from .metrics import SequenceScores, edit_distance
 from .model import collapse_height

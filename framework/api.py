@@ -1,11 +1,11 @@
 """The Python API: train a model, load one, and read images with it, as the CLI does.
 
-    import crnnfw
+import crnnfw
 
-    run = crnnfw.train("configs/mnist_crnn.yaml", ["trainer.epochs=1"], output_dir="runs")
-    recognizer = crnnfw.load(run.run_dir)
-    [prediction] = recognizer.predict("digit.png")
-    print(prediction.text, prediction.confidence)
+run = crnnfw.train("configs/mnist_crnn.yaml", ["trainer.epochs=1"], output_dir="runs")
+recognizer = crnnfw.load(run.run_dir)
+[prediction] = recognizer.predict("digit.png")
+print(prediction.text, prediction.confidence)
 """
 
 from __future__ import annotations
@@ -101,8 +101,7 @@ class Built:
     model: torch.nn.Module
 
 
-def build(config: str | Path | Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (), *, allow_env: bool = False,
-          **options: Any) -> Built:
+def build(config: str | Path | Mapping[str, Any] | DictConfig, overrides: Sequence[str] = (), *, allow_env: bool = False, **options: Any) -> Built:
     """The data and the model a config describes, checked as ``crnnfw run`` checks them
     before training, for a loop of your own, a notebook or a benchmark (arguments as for
     :func:`train`)."""
@@ -194,8 +193,7 @@ class Recognizer:
         """
         if isinstance(images, (str, Path, torch.Tensor, np.ndarray, Image.Image)):
             images = [images]
-        return predict_images(self._trained, images, polarity=polarity, beam=beam, batch_size=batch_size,
-                              max_pixels=max_pixels, max_width=max_width)
+        return predict_images(self._trained, images, polarity=polarity, beam=beam, batch_size=batch_size, max_pixels=max_pixels, max_width=max_width)
 
     __call__ = predict
 
@@ -226,8 +224,7 @@ class Recognizer:
         samples = getattr(data, split)
         precision = choose(cfg.trainer.precision, hardware(self.device)).precision
         result = evaluate(trained.model, samples, cfg.trainer.eval_batch_size, self.device, precision, keep=48)
-        payload = {"checkpoint": str(trained.path), "split": split, "samples": len(samples), "scores": result.scores,
-                   "report": result.metrics.report(), "confusion": result.metrics.confusion()}
+        payload = {"checkpoint": str(trained.path), "split": split, "samples": len(samples), "scores": result.scores, "report": result.metrics.report(), "confusion": result.metrics.confusion()}
         if out is not None:
             folder = Path(out)
             folder.mkdir(parents=True, exist_ok=True)
@@ -235,8 +232,7 @@ class Recognizer:
             atomic.write_text(folder / "eval.json", json.dumps(payload, indent=2) + "\n")
         return payload
 
-    def export(self, path: str | Path, format: str = "onnx", *, verify: bool = False, unpadded: bool = False,
-               force: bool = False) -> Path:
+    def export(self, path: str | Path, format: str = "onnx", *, verify: bool = False, unpadded: bool = False, force: bool = False) -> Path:
         """Write the model as ONNX or TorchScript (see ``crnnfw export``); ``verify`` checks the
         file against PyTorch at several widths and raises ExportError on a mismatch."""
         from .export import check_verified, export_model, verify_export

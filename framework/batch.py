@@ -45,11 +45,7 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """The same batch with every tensor on ``device``."""
-        moved = {
-            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
-            for f in fields(self)
-            for v in [getattr(self, f.name)]
-        }
+        moved = {f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v) for f in fields(self) for v in [getattr(self, f.name)]}
         return Batch(**moved)
 
 

@@ -80,8 +80,7 @@ class Filtered:
         if not self.unknown:
             return ""
         chars = "".join(sorted(self.unknown))
-        done = (f"skipped {self.skipped} characters, dropped {self.dropped} labels left empty" if self.skipped
-                else f"dropped {self.dropped} samples")
+        done = f"skipped {self.skipped} characters, dropped {self.dropped} labels left empty" if self.skipped else f"dropped {self.dropped} samples"
         first = ", ".join(where for _, where, _ in self.unknown_at[:3])
         return f"{sum(self.unknown.values())} occurrences of {len(self.unknown)} characters outside the charset ({chars!r}, first at {first}): {done}"
 

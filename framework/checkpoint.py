@@ -98,10 +98,7 @@ def load(path: str | Path, weights: bool = True) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f"such as {found.group(1)}" if found else "that need code to load"
-        raise CheckpointError(
-            f"{path}: refused: it holds Python objects ({what}), not just tensors and plain values; "
-            "crnnfw never runs code from checkpoints"
-        ) from None
+        raise CheckpointError(f"{path}: refused: it holds Python objects ({what}), not just tensors and plain values; crnnfw never runs code from checkpoints") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged: {first_line(exc).split('. ')[0]})") from None
     if not isinstance(state, dict) or "format_version" not in state:
@@ -125,8 +122,7 @@ def _check_archive(path: Path, mapped: bool = False) -> None:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged: its zip directory is unreadable, "
-                              f"{first_line(exc)}); give a .ckpt file a crnnfw run wrote") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged: its zip directory is unreadable, {first_line(exc)}); give a .ckpt file a crnnfw run wrote") from None
     for record in records:
         ratio = record.file_size / max(1, record.compress_size)
         if record.compress_type != zipfile.ZIP_STORED and record.file_size > COMPRESSED_RECORD_BYTES and ratio > MAX_RATIO:
@@ -136,10 +132,7 @@ def _check_archive(path: Path, mapped: bool = False) -> None:
             )
     total = sum(record.file_size for record in records)
     if total > MAX_BYTES and not mapped:
-        raise CheckpointError(
-            f"{path}: refused: its records would take {total:,} bytes in memory, more than the {MAX_BYTES:,} a checkpoint "
-            "may (crnnfw.checkpoint.MAX_BYTES)"
-        )
+        raise CheckpointError(f"{path}: refused: its records would take {total:,} bytes in memory, more than the {MAX_BYTES:,} a checkpoint may (crnnfw.checkpoint.MAX_BYTES)")
 
 
 def _release(version: str) -> tuple[int, ...]:

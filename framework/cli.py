@@ -111,8 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .api import load
 
-    results = load(args.checkpoint).predict([Path(p) for p in args.paths], polarity=args.polarity, beam=args.beam,
-                                            batch_size=args.batch_size, max_pixels=args.max_pixels, max_width=args.max_width)
+    results = load(args.checkpoint).predict([Path(p) for p in args.paths], polarity=args.polarity, beam=args.beam, batch_size=args.batch_size, max_pixels=args.max_pixels, max_width=args.max_width)
     failed = [r for r in results if r.error]
     for r in failed:
         print(f"crnnfw: error: {r.error}", file=sys.stderr)
@@ -140,8 +139,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         rows = verify_export(trained, output, args.format, unpadded=args.unpadded)
         for row in rows:
             status = "ok" if row["ok"] else "MISMATCH"
-            print(f"  widths {row['widths']}: max |logit diff| {row['max_abs_diff']:.2e}, lengths "
-                  f"{'equal' if row['lengths_equal'] else 'differ'}, texts {'equal' if row['texts_equal'] else 'differ'}: {status}")
+            print(
+                f"  widths {row['widths']}: max |logit diff| {row['max_abs_diff']:.2e}, lengths "
+                f"{'equal' if row['lengths_equal'] else 'differ'}, texts {'equal' if row['texts_equal'] else 'differ'}: {status}"
+            )
         check_verified(rows, output)
         print(f"verified against PyTorch at {len(rows)} width combinations (logits within 1e-4, same decoded texts)")
     return 0
@@ -168,10 +169,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "distribution": p.distribution,
                 "version": p.version,
                 "error": p.error,
-                "components": [
-                    {"kind": kind, "name": name, "description": components[kind, name].description}
-                    for kind, name in p.components
-                ],
+                "components": [{"kind": kind, "name": name, "description": components[kind, name].description} for kind, name in p.components],
             }
             for p in host.plugins
         ]
@@ -188,8 +186,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             table.add_row(p.name, p.distribution, p.version, "-", "", "registers no components")
         for i, (kind, name) in enumerate(p.components):
             first = i == 0
-            table.add_row(p.name if first else "", p.distribution if first else "", p.version if first else "",
-                          kind, name, components[kind, name].description)
+            table.add_row(p.name if first else "", p.distribution if first else "", p.version if first else "", kind, name, components[kind, name].description)
     console.print(table)
     return 0
 
@@ -208,9 +205,15 @@ def cmd_plugins_show(args: argparse.Namespace) -> int:
     options = component.options()
     if args.json:
         plugin = next(p for p in get_host().plugins if p.name == component.provider)
-        payload = {"kind": component.kind, "name": component.name, "plugin": component.provider,
-                   "distribution": plugin.distribution, "version": plugin.version,
-                   "description": component.description, "options": options}
+        payload = {
+            "kind": component.kind,
+            "name": component.name,
+            "plugin": component.provider,
+            "distribution": plugin.distribution,
+            "version": plugin.version,
+            "description": component.description,
+            "options": options,
+        }
         print(json.dumps(payload, indent=2, default=repr))
         return 0
     console = _console()
@@ -241,14 +244,19 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0 if result.ok else 1
     console = _console()
     if result.splits:
-        console.print(_rows_table("samples", [{"split": name, "samples": info["samples"],
-                                               **({"summarised from": info["summarised_from"]} if info["summarised_from"] != info["samples"] else {})}
-                                              for name, info in result.splits.items()]))
+        console.print(
+            _rows_table(
+                "samples",
+                [
+                    {"split": name, "samples": info["samples"], **({"summarised from": info["summarised_from"]} if info["summarised_from"] != info["samples"] else {})}
+                    for name, info in result.splits.items()
+                ],
+            )
+        )
         ranked = sorted(result.charset.items(), key=lambda item: -item[1])
         console.print(f"charset: {len(result.charset)} characters: " + escape("".join(result.charset)), highlight=False)
         shown = ranked if len(ranked) <= 60 else ranked[:50]  # a CJK charset has thousands: the commonest, then the count
-        console.print(_rows_table("train frequencies" + (f" (the 50 commonest of {len(ranked)}; --json has all)" if shown is not ranked else ""),
-                                  [{"char": repr(c), "count": n} for c, n in shown]))
+        console.print(_rows_table("train frequencies" + (f" (the 50 commonest of {len(ranked)}; --json has all)" if shown is not ranked else ""), [{"char": repr(c), "count": n} for c, n in shown]))
         unused = [c for c, n in ranked if n == 0]
         if unused:
             console.print(f"never in the training labels: {escape(''.join(unused))!r}", highlight=False)
@@ -333,27 +341,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", metavar="PATH")
     predict.add_argument("--json", action="store_true", help="one JSON object per file")
     predict.add_argument("--beam", type=_positive_int, default=1, metavar="N", help="beam-search width for sequence models (default 1: greedy)")
-    predict.add_argument("--polarity", choices=("auto", "light-on-dark", "dark-on-light"), default="auto",
-                         help="how the images are drawn (auto: from their borders)")
+    predict.add_argument("--polarity", choices=("auto", "light-on-dark", "dark-on-light"), default="auto", help="how the images are drawn (auto: from their borders)")
     predict.add_argument("--batch-size", type=_positive_int, default=64)
     from .images import MAX_PIXELS, MAX_WIDTH
 
-    predict.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
-                         help=f"refuse a file of more pixels, read from its header before decoding (default {MAX_PIXELS:,})")
-    predict.add_argument("--max-width", type=_positive_int, metavar="N",
-                         help=f"refuse a file wider than N px once scaled to the model's height (default {MAX_WIDTH}, "
-                              "or the model's max_width when wider)")
+    predict.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N", help=f"refuse a file of more pixels, read from its header before decoding (default {MAX_PIXELS:,})")
+    predict.add_argument(
+        "--max-width", type=_positive_int, metavar="N", help=f"refuse a file wider than N px once scaled to the model's height (default {MAX_WIDTH}, or the model's max_width when wider)"
+    )
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="export a trained model to ONNX or TorchScript")
     export.add_argument("checkpoint", metavar="CKPT|RUN_DIR")
     export.add_argument("--format", choices=FORMATS, default="onnx")
-    export.add_argument("--output", "-o", metavar="PATH",
-                        help="the file to write (default: the checkpoint's name with .onnx or .pt, in its run directory or beside it)")
+    export.add_argument("--output", "-o", metavar="PATH", help="the file to write (default: the checkpoint's name with .onnx or .pt, in its run directory or beside it)")
     export.add_argument("--force", action="store_true", help="replace an existing file at the output path (never a checkpoint)")
     export.add_argument("--verify", action="store_true", help="check the export against PyTorch at several widths")
-    export.add_argument("--unpadded", action="store_true",
-                        help="leave out the padding masks: faster, for batches whose images all have the batch's width (batch 1, one width)")
+    export.add_argument("--unpadded", action="store_true", help="leave out the padding masks: faster, for batches whose images all have the batch's width (batch 1, one width)")
     export.set_defaults(func=cmd_export)
 
     show = sub.add_parser("config", help="print the resolved config (defaults filled in, overrides applied)")
@@ -373,9 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     show_component.add_argument("--json", action="store_true", help="machine-readable output")
     show_component.set_defaults(func=cmd_plugins_show)
 
-    data = sub.add_parser("data", help="check a dataset before training: counts, charset, histograms, every problem and samples.png "
-                                       "(exit 1 on errors); `data convert SOURCE OUT_DIR` writes an LMDB; "
-                                       "`data render CONFIG OUT_DIR N` writes samples as image files")
+    data = sub.add_parser(
+        "data",
+        help="check a dataset before training: counts, charset, histograms, every problem and samples.png "
+        "(exit 1 on errors); `data convert SOURCE OUT_DIR` writes an LMDB; "
+        "`data render CONFIG OUT_DIR N` writes samples as image files",
+    )
     data.add_argument("config", metavar="CONFIG|convert|render", help="YAML config; or `convert` SOURCE OUT_DIR; or `render` CONFIG OUT_DIR N")
     data.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (for convert: SOURCE OUT_DIR)")
     data.add_argument("--out", metavar="DIR", help="where samples.png goes (default: OUTPUT_DIR/NAME/data-check)")

@@ -263,9 +263,7 @@ def _typed(registry: Registry, kind: str, node: Any, section: str, source: str) 
     try:
         schema = OmegaConf.structured(component.config)
     except oc_errors.OmegaConfBaseException as exc:
-        raise ConfigError(
-            f"{kind} '{name}' from plugin '{component.provider}' has a config class OmegaConf cannot use: {first_line(exc)}"
-        ) from None
+        raise ConfigError(f"{kind} '{name}' from plugin '{component.provider}' has a config class OmegaConf cannot use: {first_line(exc)}") from None
     typed = _merge(schema, options, section, source)
     try:
         return OmegaConf.to_object(typed)  # runs the dataclass's __post_init__ checks

@@ -151,14 +151,12 @@ class TensorSplit:
     def subset(self, index: Tensor) -> "TensorSplit":
         """The samples at ``index`` (a long tensor), with the same transform."""
         lengths = self.target_lengths[index] if self.target_lengths is not None else None
-        return TensorSplit(self.images[index], self.targets[index], widths=self.widths[index],
-                           target_lengths=lengths, transform=self.transform)
+        return TensorSplit(self.images[index], self.targets[index], widths=self.widths[index], target_lengths=lengths, transform=self.transform)
 
     def to(self, device: torch.device | str) -> "TensorSplit":
         """The same split held on ``device`` (a GPU: batches are then cut and augmented there)."""
         lengths = self.target_lengths.to(device) if self.target_lengths is not None else None
-        return TensorSplit(self.images.to(device), self.targets.to(device), widths=self.widths.to(device),
-                           target_lengths=lengths, transform=self.transform)
+        return TensorSplit(self.images.to(device), self.targets.to(device), widths=self.widths.to(device), target_lengths=lengths, transform=self.transform)
 
     def batches(self, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Random batches when ``shuffle``; otherwise in order of width (stable: images of equal
@@ -201,8 +199,7 @@ class PackedSplit:
 
     chunk_batches = 16
 
-    def __init__(self, pixels: Tensor, offsets: Tensor, widths: Tensor, targets: Tensor, target_lengths: Tensor, *,
-                 transform: BatchTransform | None = None, places: list[str] | None = None) -> None:
+    def __init__(self, pixels: Tensor, offsets: Tensor, widths: Tensor, targets: Tensor, target_lengths: Tensor, *, transform: BatchTransform | None = None, places: list[str] | None = None) -> None:
         if pixels.dtype != torch.uint8 or pixels.dim() != 3:
             raise DataError(f"PackedSplit expects uint8 pixels (C, H, total width), got {pixels.dtype} {tuple(pixels.shape)}")
         if len(widths) == 0:
@@ -213,8 +210,7 @@ class PackedSplit:
         self.places = places
 
     @classmethod
-    def from_images(cls, images: list[Tensor], texts: list[str], classes: str | tuple[str, ...], *,
-                    transform: BatchTransform | None = None, places: list[str] | None = None) -> "PackedSplit":
+    def from_images(cls, images: list[Tensor], texts: list[str], classes: str | tuple[str, ...], *, transform: BatchTransform | None = None, places: list[str] | None = None) -> "PackedSplit":
         """A split of uint8 ``(C, H, W_i)`` images and their label texts over ``classes``."""
         widths = torch.tensor([image.shape[-1] for image in images], dtype=torch.long)
         targets, lengths = encode_labels(texts, classes)
@@ -226,13 +222,13 @@ class PackedSplit:
     def subset(self, index: Tensor) -> "PackedSplit":
         """The samples at ``index`` (sharing the pixels)."""
         places = [self.places[i] for i in index.tolist()] if self.places is not None else None
-        return PackedSplit(self.pixels, self.offsets[index], self.widths[index], self.targets[index],
-                           self.target_lengths[index], transform=self.transform, places=places)
+        return PackedSplit(self.pixels, self.offsets[index], self.widths[index], self.targets[index], self.target_lengths[index], transform=self.transform, places=places)
 
     def to(self, device: torch.device | str) -> "PackedSplit":
         """The same split held on ``device``."""
-        return PackedSplit(self.pixels.to(device), self.offsets.to(device), self.widths.to(device), self.targets.to(device),
-                           self.target_lengths.to(device), transform=self.transform, places=self.places)
+        return PackedSplit(
+            self.pixels.to(device), self.offsets.to(device), self.widths.to(device), self.targets.to(device), self.target_lengths.to(device), transform=self.transform, places=self.places
+        )
 
     def batch(self, index: Tensor) -> Batch:
         """The samples at ``index`` as a float batch right-padded with zeros (the background)."""

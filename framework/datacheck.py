@@ -44,8 +44,7 @@ class DataCheck:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "splits": self.splits, "charset": self.charset, "notes": self.notes, "pictures": self.pictures,
-                "problems": [vars(p) for p in self.problems]}
+        return {"ok": self.ok, "splits": self.splits, "charset": self.charset, "notes": self.notes, "pictures": self.pictures, "problems": [vars(p) for p in self.problems]}
 
 
 def _arrays(split: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
@@ -81,8 +80,7 @@ def histogram(values: torch.Tensor, bins: int = 8) -> list[tuple[str, int]]:
 
 def _label_fit(model: Any, split: Any, name: str) -> list[Problem]:
     """Samples whose label needs more steps than the model leaves at their image's width."""
-    return [Problem(name, "label too long", m.place, f"{m.length} characters need {m.needs} steps; {m.width} px gives {m.steps}")
-            for m in label_misfits(model, split)]
+    return [Problem(name, "label too long", m.place, f"{m.length} characters need {m.needs} steps; {m.width} px gives {m.steps}") for m in label_misfits(model, split)]
 
 
 def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None, source: str = "config") -> DataCheck:
@@ -99,8 +97,7 @@ def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None, sou
     for name in SPLITS:
         split = getattr(data, name)
         widths, targets, lengths, complete = _arrays(split)
-        info: dict[str, Any] = {"samples": len(split), "summarised_from": len(widths) if not complete else len(split),
-                                "widths": histogram(widths)}
+        info: dict[str, Any] = {"samples": len(split), "summarised_from": len(widths) if not complete else len(split), "widths": histogram(widths)}
         if lengths is not None:
             info["label_lengths"] = histogram(lengths)
         result.splits[name] = info

@@ -23,15 +23,9 @@ def build_data(cfg: DictConfig, registry: Registry) -> DataModule:
     except CrnnfwError:
         raise
     except Exception as exc:
-        raise DataError(
-            f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') could not be built: "
-            f"{type(exc).__name__}: {first_line(exc)}"
-        ) from exc
+        raise DataError(f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') could not be built: {type(exc).__name__}: {first_line(exc)}") from exc
     if not isinstance(data, DataModule):
-        raise DataError(
-            f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') returned "
-            f"{type(data).__name__}, not a crnnfw.DataModule"
-        )
+        raise DataError(f"data: dataset '{cfg.data.name}' (plugin '{component.provider}') returned {type(data).__name__}, not a crnnfw.DataModule")
     if data.polarity not in POLARITIES:
         raise DataError(f"data: dataset '{cfg.data.name}' declares polarity '{data.polarity}'; use one of {', '.join(POLARITIES)}")
     if data.too_wide not in TOO_WIDE:
@@ -49,9 +43,6 @@ def _with_val(data: DataModule, fraction: float, name: str) -> DataModule:
         return data
     subset = getattr(data.train, "subset", None)
     if not callable(subset) or len(data.train) < 2:
-        raise DataError(
-            f"data: dataset '{name}' has no val split and its train split cannot be divided; "
-            "give the DataModule a val split (the best checkpoint is chosen on it, never on test)"
-        )
+        raise DataError(f"data: dataset '{name}' has no val split and its train split cannot be divided; give the DataModule a val split (the best checkpoint is chosen on it, never on test)")
     mask = held_out(len(data.train), fraction)
     return replace(data, train=subset(mask.logical_not().nonzero().squeeze(1)), val=subset(mask.nonzero().squeeze(1)))

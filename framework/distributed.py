@@ -94,8 +94,7 @@ def join(device: str) -> tuple[Group, str]:
     if use_cuda:
         count = torch.cuda.device_count()
         if group.local_rank >= count:
-            raise ConfigError(f"torchrun started local rank {group.local_rank}, but this machine has {count} GPU(s): use "
-                              f"--nproc-per-node {count} (one process per GPU) or trainer.device=cpu")
+            raise ConfigError(f"torchrun started local rank {group.local_rank}, but this machine has {count} GPU(s): use --nproc-per-node {count} (one process per GPU) or trainer.device=cpu")
         torch.cuda.set_device(group.local_rank)
         device = f"cuda:{group.local_rank}"
     elif device == "auto":

@@ -36,6 +36,7 @@ from .version import __version__
 
 FORMATS = ("onnx", "torchscript")
 
+
 def _example(spec: InputSpec, widths: Sequence[int], seed: int) -> tuple[Tensor, Tensor]:
     """Random images of the model's geometry at ``widths``, right-padded with the background."""
     generator = torch.Generator().manual_seed(seed)
@@ -45,8 +46,7 @@ def _example(spec: InputSpec, widths: Sequence[int], seed: int) -> tuple[Tensor,
 def metadata(trained: Trained, unpadded: bool = False) -> dict[str, str]:
     """What a user needs to feed the exported model and decode its logits without crnnfw."""
     spec = trained.spec
-    images = ("every image as wide as its batch (batch 1, or equal widths)" if unpadded
-              else "right-padded with the background")
+    images = "every image as wide as its batch (batch 1, or equal widths)" if unpadded else "right-padded with the background"
     return {
         "producer": f"crnnfw {__version__}",
         "inputs": f"images: float32 (N, C, H, W) in [0, 1], {images}; widths: int64 (N,) each image's width",
@@ -100,10 +100,8 @@ def model_to_onnx(model: nn.Module, trace: tuple[Tensor, Tensor], metadata: dict
     model.eval()
     with torch.no_grad():
         logits, _ = model(*trace)
-    axes = {"images": {0: "batch", 3: "width"}, "widths": {0: "batch"}, "lengths": {0: "batch"},
-            "logits": {0: "batch", **({1: "steps"} if logits.dim() == 3 else {})}}
-    return to_onnx(model, trace, input_names=("images", "widths"), output_names=("logits", "lengths"),
-                   dynamic_axes=axes, metadata=metadata)
+    axes = {"images": {0: "batch", 3: "width"}, "widths": {0: "batch"}, "lengths": {0: "batch"}, "logits": {0: "batch", **({1: "steps"} if logits.dim() == 3 else {})}}
+    return to_onnx(model, trace, input_names=("images", "widths"), output_names=("logits", "lengths"), dynamic_axes=axes, metadata=metadata)
 
 
 def default_output(trained: Trained, fmt: str) -> Path:
@@ -217,6 +215,7 @@ def _interrupts_kept() -> Iterator[None]:
             except BaseException as exc:
                 raised.append(exc)
                 raise
+
         return on_signal
 
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -294,6 +293,5 @@ def _verification_rows(trained: Trained, path: Path, fmt: str, atol: float, unpa
         difference = (reference[0].float() - got[0].float()).abs().max().item()
         lengths_equal = torch.equal(reference[1].long(), got[1].long())
         texts_equal = lengths_equal and head.decode(reference[0].float(), reference[1]).texts == head.decode(got[0].float(), got[1].long()).texts
-        rows.append({"widths": case, "max_abs_diff": difference, "lengths_equal": lengths_equal,
-                     "texts_equal": texts_equal, "ok": difference <= atol and lengths_equal and texts_equal})
+        rows.append({"widths": case, "max_abs_diff": difference, "lengths_equal": lengths_equal, "texts_equal": texts_equal, "ok": difference <= atol and lengths_equal and texts_equal})
     return rows

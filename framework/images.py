@@ -71,8 +71,7 @@ def find_images(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
         except OSError as exc:
             found.append((path, f"cannot list this folder ({exc.strerror or first_line(exc)})"))
             continue
-        files = [(p, _not_a_file(p)) for p in entries
-                 if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and not os.path.isdir(p)]
+        files = [(p, _not_a_file(p)) for p in entries if p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and not os.path.isdir(p)]
         found += files or [(path, f"no {', '.join(SUFFIXES)} files in this folder")]
     return found
 
@@ -234,30 +233,27 @@ def _upright(image: Image.Image) -> tuple[int, int]:
 
 def _too_many_pixels(name: str, count: str, max_pixels: int) -> str:
     """The one error line for an image over the pixel limit (``count``: its pixels, in words)."""
-    return (f"{name}: refused, too many pixels ({count}, more than the limit of {max_pixels:,}); "
-            "give a smaller image (crnnfw predict --max-pixels N raises the limit)")
+    return f"{name}: refused, too many pixels ({count}, more than the limit of {max_pixels:,}); give a smaller image (crnnfw predict --max-pixels N raises the limit)"
 
 
 def _check_width(name: str, width: int, spec: InputSpec, max_width: int) -> None:
     """ImageError when the model input would be wider than ``max_width``; a fixed-width or a
     squeezing model never is."""
     if spec.min_width != spec.max_width and spec.too_wide != "squeeze" and width > max_width:
-        raise ImageError(f"{name}: refused, {width:,} px wide at the model's height of {spec.height} px, more than the limit "
-                         f"of {max_width:,}; crop or split the image (crnnfw predict --max-width N raises the limit)")
+        raise ImageError(
+            f"{name}: refused, {width:,} px wide at the model's height of {spec.height} px, more than the limit "
+            f"of {max_width:,}; crop or split the image (crnnfw predict --max-width N raises the limit)"
+        )
 
 
-def read_image(
-    path: str | Path, spec: InputSpec, polarity: str = "auto", *, max_pixels: int = MAX_PIXELS, max_width: int | None = None
-) -> torch.Tensor:
+def read_image(path: str | Path, spec: InputSpec, polarity: str = "auto", *, max_pixels: int = MAX_PIXELS, max_width: int | None = None) -> torch.Tensor:
     """One file as model input ``(spec.channels, spec.height, W)``; ImageError names a bad file,
     or one that is over the limits (see :func:`load_pixels`; ``max_width`` None: no limit)."""
     array = load_pixels(path, max_pixels=max_pixels, spec=spec, max_width=max_width)
     return prepare(array, spec, polarity, max_width=max_width, name=str(path))
 
 
-def prepare(
-    array: np.ndarray, spec: InputSpec, polarity: str = "auto", *, max_width: int | None = None, name: str = "the image"
-) -> torch.Tensor:
+def prepare(array: np.ndarray, spec: InputSpec, polarity: str = "auto", *, max_width: int | None = None, name: str = "the image") -> torch.Tensor:
     """Decoded pixels (:func:`load_pixels`) as model input ``(spec.channels, spec.height, W)``.
 
     ``polarity`` says how the image is drawn (``auto``: bright borders mean dark ink on a light
@@ -333,13 +329,19 @@ def scaled_width(height: int, width: int, spec: InputSpec) -> int:
 def describe(spec: InputSpec) -> str:
     """The preprocessing in words, for exported models' metadata."""
     fixed = spec.min_width == spec.max_width
-    fit = (f"cropped to its ink (pixels over 0.3 of the way from the border's median to the farthest pixel), scaled so the ink is {spec.ink_height:.3g} "
-           "of the height, centred on the border's level" if spec.ink_height
-           else "scaled to the height keeping the aspect ratio")
-    width = (f"fitted inside {spec.max_width} px and centred" if fixed else
-             f"at least {spec.min_width} px wide (padded on the right)"
-             + (f", squeezed to {spec.max_width} px when wider" if spec.too_wide == "squeeze" else ""))
-    return (f"EXIF orientation applied; {'grey (0.299 R + 0.587 G + 0.114 B)' if spec.channels == 1 else 'RGB'}; "
-            f"alpha composited onto the side the ink is not; scaled to [0, 1]; turned {spec.polarity} "
-            f"(a file whose border is brighter than 0.5 counts as dark-on-light); {fit} to {spec.height} px high, "
-            f"bilinear with antialiasing; {width}; background {spec.background:g}")
+    fit = (
+        f"cropped to its ink (pixels over 0.3 of the way from the border's median to the farthest pixel), scaled so the ink is {spec.ink_height:.3g} of the height, centred on the border's level"
+        if spec.ink_height
+        else "scaled to the height keeping the aspect ratio"
+    )
+    width = (
+        f"fitted inside {spec.max_width} px and centred"
+        if fixed
+        else f"at least {spec.min_width} px wide (padded on the right)" + (f", squeezed to {spec.max_width} px when wider" if spec.too_wide == "squeeze" else "")
+    )
+    return (
+        f"EXIF orientation applied; {'grey (0.299 R + 0.587 G + 0.114 B)' if spec.channels == 1 else 'RGB'}; "
+        f"alpha composited onto the side the ink is not; scaled to [0, 1]; turned {spec.polarity} "
+        f"(a file whose border is brighter than 0.5 counts as dark-on-light); {fit} to {spec.height} px high, "
+        f"bilinear with antialiasing; {width}; background {spec.background:g}"
+    )

@@ -64,7 +64,4 @@ class SequenceScores:
 
     def per_length(self) -> list[dict[str, float | int]]:
         """One row per reference length: how many, exact-match accuracy and CER."""
-        return [
-            {"length": length, "count": total, "accuracy": right / total, "cer": edits / (length * total) if length else 0.0}
-            for length, (right, total, edits) in sorted(self.by_length.items())
-        ]
+        return [{"length": length, "count": total, "accuracy": right / total, "cer": edits / (length * total) if length else 0.0} for length, (right, total, edits) in sorted(self.by_length.items())]

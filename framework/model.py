@@ -53,14 +53,9 @@ def _build(registry: Registry, cfg: DictConfig, section: str, kind: str, expecte
     try:
         stage = component.factory(options, **kwargs)
     except Exception as exc:
-        raise ModelError(
-            f"{section}: {kind} '{name}' (plugin '{component.provider}') could not be built: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ModelError(f"{section}: {kind} '{name}' (plugin '{component.provider}') could not be built: {type(exc).__name__}: {exc}") from exc
     if not isinstance(stage, expected):
-        raise ModelError(
-            f"{section}: {kind} '{name}' (plugin '{component.provider}') returned {type(stage).__name__}, "
-            f"not a crnnfw.{expected.__name__}"
-        )
+        raise ModelError(f"{section}: {kind} '{name}' (plugin '{component.provider}') returned {type(stage).__name__}, not a crnnfw.{expected.__name__}")
     return stage
 
 
@@ -73,10 +68,7 @@ def assemble(cfg: DictConfig, registry: Registry, *, channels: int, height: int,
     backbone = _build(registry, cfg, "model.backbone", "backbone", Backbone, in_channels=channels, in_height=height)
     out_height = backbone.out_height(height)
     if out_height < 1:
-        raise ModelError(
-            f"model.backbone: '{cfg.model.backbone.name}' shrinks images of height {height} to nothing; "
-            "use less pooling or taller images"
-        )
+        raise ModelError(f"model.backbone: '{cfg.model.backbone.name}' shrinks images of height {height} to nothing; use less pooling or taller images")
     in_features = backbone.out_channels * (out_height if collapse == "flatten" else 1)
     encoder = _build(registry, cfg, "model.encoder", "encoder", SequenceEncoder, in_features=in_features)
     head = _build(registry, cfg, "model.head", "head", Head, in_features=encoder.out_features, classes=tuple(classes))
@@ -111,29 +103,21 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
                 raise ModelError(f"{stage('backbone')} fails on a {shape} batch of widths {widths_list}: {exc}") from exc
             expected_height = model.backbone.out_height(data.height)
             if features.dim() != 4 or features.shape[1] != model.backbone.out_channels or features.shape[2] != expected_height:
-                raise ModelError(
-                    f"{stage('backbone')} returned features {tuple(features.shape)}; its declarations promise "
-                    f"(N, {model.backbone.out_channels}, {expected_height}, W')"
-                )
+                raise ModelError(f"{stage('backbone')} returned features {tuple(features.shape)}; its declarations promise (N, {model.backbone.out_channels}, {expected_height}, W')")
             promised = model.backbone.out_lengths(widths)
             if not torch.equal(lengths.cpu(), promised.cpu()) or int(lengths.max()) > features.shape[3]:
                 raise ModelError(
-                    f"{stage('backbone')} returned lengths {lengths.tolist()} for widths {widths_list}; "
-                    f"out_lengths() says {promised.tolist()} and the feature map is {features.shape[3]} wide"
+                    f"{stage('backbone')} returned lengths {lengths.tolist()} for widths {widths_list}; out_lengths() says {promised.tolist()} and the feature map is {features.shape[3]} wide"
                 )
             if int(lengths.min()) < 1:
-                raise ModelError(f"{stage('backbone')} leaves no sequence steps for images {data.min_width} px wide. "
-                                 "Pool less along the width (model.backbone.pools) or use wider images")
+                raise ModelError(f"{stage('backbone')} leaves no sequence steps for images {data.min_width} px wide. Pool less along the width (model.backbone.pools) or use wider images")
             seq = collapse_height(features, model.collapse)
             try:
                 encoded = model.encoder(seq, lengths)
             except Exception as exc:
                 raise ModelError(f"{stage('encoder')} fails on a sequence {tuple(seq.shape)}: {exc}") from exc
             if tuple(encoded.shape) != (seq.shape[0], seq.shape[1], model.encoder.out_features):
-                raise ModelError(
-                    f"{stage('encoder')} returned {tuple(encoded.shape)}; expected "
-                    f"{(seq.shape[0], seq.shape[1], model.encoder.out_features)}"
-                )
+                raise ModelError(f"{stage('encoder')} returned {tuple(encoded.shape)}; expected {(seq.shape[0], seq.shape[1], model.encoder.out_features)}")
             _check_label_lengths(model, data, stage)
             for split in SPLITS:
                 _check_label_fit(model, getattr(data, split), split, stage)
@@ -196,8 +180,7 @@ def label_misfits(model: Model, split: Any) -> list[Misfit]:
     steps = model.backbone.out_lengths(widths)
     need = model.head.steps_needed(targets, lengths)
     places = getattr(split, "places", None)
-    return [Misfit(places[i] if places else f"sample {i}", int(lengths[i]), int(widths[i]), int(steps[i]), int(need[i]))
-            for i in (steps < need).nonzero().squeeze(1).tolist()]
+    return [Misfit(places[i] if places else f"sample {i}", int(lengths[i]), int(widths[i]), int(steps[i]), int(need[i])) for i in (steps < need).nonzero().squeeze(1).tolist()]
 
 
 def _check_label_fit(model: Model, split: Any, name: str, stage) -> None:

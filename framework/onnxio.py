@@ -64,8 +64,14 @@ def to_onnx(
     buffer = io.BytesIO()
     with _tracing(module):
         torch.onnx.export(
-            module, inputs, buffer, dynamo=False, opset_version=OPSET, input_names=list(input_names),
-            output_names=list(output_names), dynamic_axes=dynamic_axes,
+            module,
+            inputs,
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
         )
     model = onnx.load_from_string(buffer.getvalue())
     for key, value in (metadata or {}).items():

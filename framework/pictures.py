@@ -33,8 +33,7 @@ def _to_pil(image: torch.Tensor, height: int) -> Image.Image:
     return picture.resize((width, height), Image.Resampling.NEAREST)
 
 
-def predictions_png(examples: Sequence[Example], path: Path, *, split: str = "test", columns: int | None = None, cell_height: int = 56,
-                    title: str | None = None) -> Path:
+def predictions_png(examples: Sequence[Example], path: Path, *, split: str = "test", columns: int | None = None, cell_height: int = 56, title: str | None = None) -> Path:
     """A grid of images, each captioned 'prediction (truth)'; mistakes framed and captioned in red.
 
     With ``title`` the examples are labelled samples rather than predictions: captioned with
@@ -110,10 +109,8 @@ def curves_png(history: Sequence[dict[str, Any]], main: str, path: Path) -> Path
     def column(key: str) -> list[float]:
         return [float(row.get(key, math.nan)) for row in history]
 
-    _panel(draw, (50, 50, 430, 350), "loss", {"train": (column("train_loss"), BLUE), "val": (column("val_loss"), GREEN),
-                                              "test": (column("test_loss"), ORANGE)})
-    _panel(draw, (550, 50, 930, 350), main, {"train (sampled batches)": (column(f"train_{main}"), BLUE),
-                                             "val": (column(f"val_{main}"), GREEN), "test": (column(f"test_{main}"), ORANGE)})
+    _panel(draw, (50, 50, 430, 350), "loss", {"train": (column("train_loss"), BLUE), "val": (column("val_loss"), GREEN), "test": (column("test_loss"), ORANGE)})
+    _panel(draw, (550, 50, 930, 350), main, {"train (sampled batches)": (column(f"train_{main}"), BLUE), "val": (column(f"val_{main}"), GREEN), "test": (column(f"test_{main}"), ORANGE)})
     draw.text((450, 375), "epoch", fill=GREY, font=_font(13))
     canvas.save(path)
     return path

@@ -171,8 +171,7 @@ def _register_components(manager: pluggy.PluginManager, registry: Registry, plug
         caller = manager.subset_hook_caller(HOOKS[kind], remove_plugins=[p for p in manager.get_plugins() if p is not plugin])
 
         def register(name: str, factory: Any, *, config: type, description: str = "", _kind: str = kind) -> None:
-            registry.add(_kind, name, factory, config=config, description=description, provider=info.name,
-                         distribution=info.label)
+            registry.add(_kind, name, factory, config=config, description=description, provider=info.name, distribution=info.label)
             info.components.append((_kind, name))
 
         caller(register=register)

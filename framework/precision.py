@@ -43,10 +43,9 @@ def choose(requested: str, hw: Hardware) -> Choice:
         fallback = "16-mixed" if hw.device_type == "cuda" else "32-true"
         return Choice(fallback, requested, f"{hw.name} has no native bf16")
     if requested == "bf16-mixed" and hw.device_type == "cpu" and not hw.native_bf16:
-        return Choice(requested, requested, warning=(
-            f"warning: trainer.precision=bf16-mixed: {hw.name} has no native bf16, so it is emulated and "
-            "many times slower than 32-true; use trainer.precision=auto"
-        ))
+        return Choice(
+            requested, requested, warning=(f"warning: trainer.precision=bf16-mixed: {hw.name} has no native bf16, so it is emulated and many times slower than 32-true; use trainer.precision=auto")
+        )
     return Choice(requested, requested)
 
 

@@ -80,8 +80,7 @@ def predict_images(
         else:
             results.append(Prediction(None, index=position))
             name = f"image {position}"
-            loaders.append((len(results) - 1, lambda image=image, name=name: prepare(in_memory(image, name, max_pixels), trained.spec, polarity,
-                                                                                       max_width=limit, name=name)))
+            loaders.append((len(results) - 1, lambda image=image, name=name: prepare(in_memory(image, name, max_pixels), trained.spec, polarity, max_width=limit, name=name)))
     window = batch_size * WINDOW_BATCHES
     for start in range(0, len(loaders), window):
         readable: list[tuple[int, torch.Tensor]] = []

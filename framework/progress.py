@@ -110,10 +110,7 @@ class Reporter:
         if step % self.log_every == 0 or step == self._steps:
             elapsed = time.perf_counter() - self._start
             eta = elapsed / step * (self._steps - step)
-            line = (
-                f"{self._epoch_label} step {step}/{self._steps} loss {_fmt(loss) if loss is not None else '-'} "
-                f"lr {lr:.2e} {self.images_per_second():.0f} img/s eta {eta:.0f}s"
-            )
+            line = f"{self._epoch_label} step {step}/{self._steps} loss {_fmt(loss) if loss is not None else '-'} lr {lr:.2e} {self.images_per_second():.0f} img/s eta {eta:.0f}s"
             self._write_log(line)
             if self.enabled and not self.interactive:
                 self.console.print(line, highlight=False, markup=False)

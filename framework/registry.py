@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError, PluginError
 
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of component: the hook that registers it, and the config section that names

@@ -37,8 +37,7 @@ def _check(resolver: str, what: str) -> None:
     allowed = _policy.get()
     if allowed is False:
         raise ConfigError(
-            f"${{{resolver}:{what}}} reads outside the config; crnnfw refuses environment and decode "
-            "resolvers unless you pass --allow-env (their values are then never written to any file)"
+            f"${{{resolver}:{what}}} reads outside the config; crnnfw refuses environment and decode resolvers unless you pass --allow-env (their values are then never written to any file)"
         )
 
 

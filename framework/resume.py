@@ -15,9 +15,20 @@ from .plugins import get_host
 #: Options a resumed run may change: they do not alter what an uninterrupted run computes
 #: (speed options such as ``compile`` may change the last bits of floating-point results),
 #: except ``epochs`` (train on) and ``max_steps``; ``name`` and ``output_dir`` locate ``--resume last``.
-RESUMABLE = ("trainer.epochs", "trainer.max_steps", "trainer.log_every", "trainer.num_threads", "trainer.device",
-             "trainer.eval_batch_size", "trainer.compile", "trainer.checkpoint_every", "trainer.cudnn_benchmark", "trainer.data_on_device",
-             "name", "output_dir")
+RESUMABLE = (
+    "trainer.epochs",
+    "trainer.max_steps",
+    "trainer.log_every",
+    "trainer.num_threads",
+    "trainer.device",
+    "trainer.eval_batch_size",
+    "trainer.compile",
+    "trainer.checkpoint_every",
+    "trainer.cudnn_benchmark",
+    "trainer.data_on_device",
+    "name",
+    "output_dir",
+)
 
 
 def find_run(target: str, config_path: str | None, overrides: Sequence[str]) -> Path:
@@ -42,10 +53,7 @@ def resumed_config(run_dir: Path, overrides: Sequence[str], allow_env: bool = Fa
     """The run's own saved config, with only the overrides that keep it the same run."""
     changed = [o for o in overrides if o.split("=", 1)[0] not in RESUMABLE]
     if changed:
-        raise ConfigError(
-            f"--resume: {', '.join(changed)} would make it a different run; a resumed run may change only "
-            f"{', '.join(RESUMABLE)} (start a new run, or fine-tune with --init-from)"
-        )
+        raise ConfigError(f"--resume: {', '.join(changed)} would make it a different run; a resumed run may change only {', '.join(RESUMABLE)} (start a new run, or fine-tune with --init-from)")
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         raise ConfigError(f"--resume: {run_dir} has no config.yaml (every run writes one when it starts); it cannot be resumed")

@@ -26,16 +26,15 @@ CHECKPOINTS = "checkpoints"
 def checkpoint_file(run_dir: Path, which: str = "last") -> Path:
     """``RUN/checkpoints/last.ckpt`` (the run's record) or ``best.ckpt`` (its best model)."""
     return run_dir / CHECKPOINTS / f"{which}.ckpt"
+
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def check_name(name: str, key: str = "name") -> None:
     """A run name becomes one folder: no separators, no ``..``, nothing hidden."""
     if not _SAFE_NAME.fullmatch(name) or len(name) > 100:
-        raise ConfigError(
-            f"{key}: '{name}' is not usable as a run name; use letters, digits, '.', '_' and '-' "
-            "(at most 100, not starting with '.' or '-'), without '/'"
-        )
+        raise ConfigError(f"{key}: '{name}' is not usable as a run name; use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-'), without '/'")
 
 
 def create_run_dir(output_dir: str | Path, name: str) -> Path:
@@ -82,10 +81,7 @@ class RunLock:
                 handle.seek(0)
                 holder = handle.read().strip() or "a process"
                 handle.close()
-                raise TrainingError(
-                    f"{self.path.parent}: another crnnfw process ({holder}) is training in this run directory; "
-                    "wait for it to end or stop it, then resume"
-                ) from None
+                raise TrainingError(f"{self.path.parent}: another crnnfw process ({holder}) is training in this run directory; wait for it to end or stop it, then resume") from None
             if _same_inode(handle, self.path):
                 break
             handle.close()  # the holder removed the file as we opened it: lock the new one

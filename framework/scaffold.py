@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import CrnnfwError
 from .version import __version__
 
-PYPROJECT = '''[build-system]
+PYPROJECT = """[build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
 
@@ -29,7 +29,7 @@ test = ["pytest>=8", "crnnfw[onnx]"]  # the conformance kit also checks ONNX exp
 
 [tool.setuptools]
 packages = ["{package}"]
-'''
+"""
 
 MODULE = '''"""{dist}: a crnnfw backbone plugin.
 
@@ -124,7 +124,7 @@ def test_backbone_conforms_on_mnist_sized_images():
     check_backbone({cls}({cls}Config(), in_channels=1), in_channels=1, in_height=28, widths=(28, 31, 45))
 '''
 
-README = '''# {dist}
+README = """# {dist}
 
 A backbone plugin for crnnfw, registered as `{package}`.
 
@@ -137,7 +137,7 @@ pytest tests                       # crnnfw's conformance kit
 # from a crnnfw checkout (or any config of yours):
 crnnfw run configs/mnist_crnn.yaml model.backbone.name={package}
 ```
-'''
+"""
 
 
 def new_plugin(name: str, directory: Path) -> Path:
@@ -153,8 +153,7 @@ def new_plugin(name: str, directory: Path) -> Path:
     cls = "".join(part.capitalize() for part in package.split("_"))
     cls = cls if cls.endswith("Backbone") else cls + "Backbone"
     major, minor = (int(part) for part in __version__.split(".")[:2])
-    values = {"dist": name, "package": package, "cls": cls, "crnnfw_version": f"{major}.{minor}",
-              "next_minor": f"{major}.{minor + 1}"}
+    values = {"dist": name, "package": package, "cls": cls, "crnnfw_version": f"{major}.{minor}", "next_minor": f"{major}.{minor + 1}"}
     files = {
         "pyproject.toml": PYPROJECT,
         f"{package}/__init__.py": MODULE,

@@ -93,8 +93,7 @@ def _check_onnx(
             got = onnxio.run_onnx(session, {first: inputs[0], second: inputs[1]})
         except Exception as exc:
             raise ConformanceError(
-                f"ONNX: {where}: ONNX Runtime fails ({first_line(exc)}); a size computed in Python was "
-                "frozen into the graph: derive sizes from tensor shapes and tensor ops"
+                f"ONNX: {where}: ONNX Runtime fails ({first_line(exc)}); a size computed in Python was frozen into the graph: derive sizes from tensor shapes and tensor ops"
             ) from None
         problem = onnxio.compare(reference, got, outputs, atol)
         _require(problem is None, f"ONNX: {where}: {problem}; the graph froze a value that depends on the input size")
@@ -123,8 +122,7 @@ def check_backbone(
       and ONNX Runtime matches PyTorch (within 1e-4) at the other widths and batch sizes.
     """
     _require(isinstance(backbone, Backbone), f"{type(backbone).__name__} is not a crnnfw.Backbone")
-    _require(isinstance(getattr(backbone, "out_channels", None), int) and backbone.out_channels > 0,
-             "out_channels must be a positive int")
+    _require(isinstance(getattr(backbone, "out_channels", None), int) and backbone.out_channels > 0, "out_channels must be a positive int")
     generator = torch.Generator().manual_seed(seed)
     samples = [torch.rand(in_channels, in_height, w, generator=generator) for w in widths]
     images = _padded(samples, extra=19)
@@ -133,25 +131,21 @@ def check_backbone(
     with torch.no_grad():
         features, lengths = backbone(images, width_tensor)
         expected = (len(widths), backbone.out_channels, backbone.out_height(in_height))
-        _require(features.dim() == 4 and tuple(features.shape[:3]) == expected,
-                 f"features are {tuple(features.shape)}; declared (N, out_channels, out_height) is {expected}")
+        _require(features.dim() == 4 and tuple(features.shape[:3]) == expected, f"features are {tuple(features.shape)}; declared (N, out_channels, out_height) is {expected}")
         promised = backbone.out_lengths(width_tensor)
-        _require(torch.equal(lengths.cpu().long(), promised.cpu().long()),
-                 f"forward returned lengths {lengths.tolist()} for widths {list(widths)}; out_lengths says {promised.tolist()}")
-        _require(int(lengths.min()) >= 1 and int(lengths.max()) <= features.shape[3],
-                 f"lengths {lengths.tolist()} must lie in 1..{features.shape[3]} (the feature-map width)")
+        _require(torch.equal(lengths.cpu().long(), promised.cpu().long()), f"forward returned lengths {lengths.tolist()} for widths {list(widths)}; out_lengths says {promised.tolist()}")
+        _require(int(lengths.min()) >= 1 and int(lengths.max()) <= features.shape[3], f"lengths {lengths.tolist()} must lie in 1..{features.shape[3]} (the feature-map width)")
         for i, sample in enumerate(samples):
             alone, alone_lengths = backbone(sample.unsqueeze(0), width_tensor[i : i + 1])
             n = int(alone_lengths[0])
             _require(n == int(lengths[i]), f"width {widths[i]}: length {n} alone but {int(lengths[i])} in a batch")
             difference = (features[i, ..., :n] - alone[0, ..., :n]).abs().max().item()
-            _require(difference <= atol,
-                     f"width {widths[i]}: features differ by {difference:.2e} alone and inside a padded batch "
-                     "(padding leaks into valid steps; mask features past each sample's length)")
+            _require(
+                difference <= atol, f"width {widths[i]}: features differ by {difference:.2e} alone and inside a padded batch (padding leaks into valid steps; mask features past each sample's length)"
+            )
     if onnx:
         trace_widths = [max(widths) + 11, max(widths) // 2 + 3]
-        trace = (_padded([torch.rand(in_channels, in_height, w, generator=generator) for w in trace_widths], extra=4),
-                 torch.tensor(trace_widths))
+        trace = (_padded([torch.rand(in_channels, in_height, w, generator=generator) for w in trace_widths], extra=4), torch.tensor(trace_widths))
         runs = [(images, width_tensor), (samples[0].unsqueeze(0), width_tensor[:1])]
         _check_onnx(backbone, trace, runs, (("images", "widths"), ("features", "lengths")), 3, max(atol, 1e-4))
     backbone.train()
@@ -165,9 +159,11 @@ def check_backbone(
         noisy_features, _ = backbone(noisy, width_tensor)
         for i, n in enumerate(lengths.tolist()):
             difference = (clean_features[i, ..., :n] - noisy_features[i, ..., :n]).abs().max().item()
-            _require(difference <= atol * 10,
-                     f"width {widths[i]}: in train mode, the padding's content changes valid features by {difference:.2e} "
-                     "(it reaches them through batch statistics or unmasked convolutions; mask features past each sample's length)")
+            _require(
+                difference <= atol * 10,
+                f"width {widths[i]}: in train mode, the padding's content changes valid features by {difference:.2e} "
+                "(it reaches them through batch statistics or unmasked convolutions; mask features past each sample's length)",
+            )
     features, lengths = backbone(images, width_tensor)
     mask = (torch.arange(features.shape[3]).unsqueeze(0) < lengths.unsqueeze(1)).to(features.dtype)
     _check_gradients(backbone, (features * mask[:, None, None, :]).pow(2).mean(), "backbone")
@@ -198,8 +194,7 @@ def check_encoder(
     encoder.eval()
     with torch.no_grad():
         out = encoder(seq, length_tensor)
-        _require(tuple(out.shape) == (len(lengths), steps, encoder.out_features),
-                 f"output is {tuple(out.shape)}; expected {(len(lengths), steps, encoder.out_features)}")
+        _require(tuple(out.shape) == (len(lengths), steps, encoder.out_features), f"output is {tuple(out.shape)}; expected {(len(lengths), steps, encoder.out_features)}")
         noisy = seq.clone()
         for i, n in enumerate(lengths):
             noisy[i, n:] = 1e3 * torch.randn(steps - n, in_features, generator=generator)
@@ -241,8 +236,7 @@ def check_head(head: Head, batch: Batch, *, in_features: int, steps: int = 20, s
     head.eval()
     with torch.no_grad():
         decoded = head.decode(head(seq, lengths), lengths)
-    _require(isinstance(decoded, Decoded) and len(decoded.texts) == n and len(decoded.confidences) == n,
-             "decode must return a crnnfw.Decoded with one text and one confidence per sample")
+    _require(isinstance(decoded, Decoded) and len(decoded.texts) == n and len(decoded.confidences) == n, "decode must return a crnnfw.Decoded with one text and one confidence per sample")
     _require(bool(((decoded.confidences >= 0) & (decoded.confidences <= 1)).all()), "confidences must lie in [0, 1]")
     metrics = head.metrics()
     _require(isinstance(metrics, Metrics), "metrics() must return a crnnfw.Metrics")
@@ -250,8 +244,7 @@ def check_head(head: Head, batch: Batch, *, in_features: int, steps: int = 20, s
     scores = metrics.compute()
     _require(metrics.main in scores, f"metrics.compute() lacks its main figure '{metrics.main}'")
     _require(head.min_steps(1) >= 1, "min_steps(1) must be at least 1")
-    _require(all(isinstance(k, str) and isinstance(v, str) for k, v in head.export_metadata().items()),
-             "export_metadata() must map strings to strings")
+    _require(all(isinstance(k, str) and isinstance(v, str) for k, v in head.export_metadata().items()), "export_metadata() must map strings to strings")
     if onnx:
         trace = (torch.randn(2, steps + 5, in_features, generator=generator), torch.tensor([steps + 5, steps]))
         runs = [(seq, lengths), (seq[:1, :3], lengths[:1].clamp(max=3))]
@@ -281,13 +274,15 @@ def check_registered(kind: str, name: str, distribution: str | None = None, conf
     host = get_host()
     names = [c.name for c in host.registry.all() if c.kind == kind]
     failed = [f"{p.name} ({p.distribution}): {p.error}" for p in host.plugins if p.error]
-    _require(name in names, f"no {kind} named '{name}' is registered (registered: {', '.join(names) or 'none'}"
-                            + (f"; plugins that failed: {'; '.join(failed)}" if failed else "")
-                            + "); check the entry point in the [project.entry-points.crnnfw] group and the hook's name")
+    _require(
+        name in names,
+        f"no {kind} named '{name}' is registered (registered: {', '.join(names) or 'none'}"
+        + (f"; plugins that failed: {'; '.join(failed)}" if failed else "")
+        + "); check the entry point in the [project.entry-points.crnnfw] group and the hook's name",
+    )
     component = host.registry.get(kind, name)
     if distribution is not None:
-        _require(component.distribution == distribution or component.distribution.startswith(f"{distribution} "),
-                 f"{kind} '{name}' comes from {component.distribution}, not {distribution}")
+        _require(component.distribution == distribution or component.distribution.startswith(f"{distribution} "), f"{kind} '{name}' comes from {component.distribution}, not {distribution}")
     if config is None:
         try:
             config = component.config()

@@ -21,6 +21,7 @@ from .model import Model, assemble
 from .plugins import get_host
 from .rundir import CHECKPOINTS, best_checkpoint
 
+
 @dataclass
 class Trained:
     """A model in eval mode with everything needed to feed it and read its output."""

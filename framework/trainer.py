@@ -267,15 +267,27 @@ class Trainer:
         optimizer = build_optimizer(model, t.optimizer)
         steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
         total_steps = t.epochs * steps_per_epoch if not t.max_steps else min(t.max_steps, t.epochs * steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, t.scheduler)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, t.scheduler))
         monitor = model.head.metrics()
         return _Loop(
-            cfg=cfg, group=group, device=device, choice=choice, generator=generator, registry=registry, data=data, model=model,
-            net=net, optimizer=optimizer, scheduler=scheduler, scaler=torch.amp.GradScaler(device.type, enabled=choice.precision == "16-mixed"),
-            steps_per_epoch=steps_per_epoch, total_steps=total_steps, monitor=monitor, components=component_versions(cfg),
-            spec=asdict(InputSpec.of(data)), notes=notes,
+            cfg=cfg,
+            group=group,
+            device=device,
+            choice=choice,
+            generator=generator,
+            registry=registry,
+            data=data,
+            model=model,
+            net=net,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=torch.amp.GradScaler(device.type, enabled=choice.precision == "16-mixed"),
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            monitor=monitor,
+            components=component_versions(cfg),
+            spec=asdict(InputSpec.of(data)),
+            notes=notes,
             best={"metric": monitor.main, "split": "val", "value": None, "epoch": None, "test": None},
         )
 
@@ -320,8 +332,17 @@ class Trainer:
         for line in ([loop.choice.warning] if loop.choice.warning else []) + [f"data: {note}" for note in data.notes] + loop.notes + repairs:
             out.info(line)
         loop.state = self._state = FitState(
-            cfg, run_dir, loop.model, loop.monitor.main, loop.monitor.higher_is_better, t.epochs, epoch=loop.first_epoch - 1,
-            step=loop.step, history=loop.history, best=loop.best, stop=resumed.get("stopped") if resumed else None,
+            cfg,
+            run_dir,
+            loop.model,
+            loop.monitor.main,
+            loop.monitor.higher_is_better,
+            t.epochs,
+            epoch=loop.first_epoch - 1,
+            step=loop.step,
+            history=loop.history,
+            best=loop.best,
+            stop=resumed.get("stopped") if resumed else None,
             records=dict(resumed.get("callback_records") or {}) if resumed else {},
         )
         loop.callbacks = self._callbacks = build_callbacks(cfg, loop.registry)
@@ -376,8 +397,7 @@ class Trainer:
             out.step(i, len(batch) * loop.group.world, shown_loss, loop.scheduler.get_last_lr()[0])
             due = (every_steps and loop.step - last_saved >= every_steps) or (every_seconds and time.perf_counter() - saved_at >= every_seconds)
             if due and i < epoch_steps:  # the epoch's last step gets the full commit
-                progress = {"epoch": epoch, "batches": i, "data_rng": epoch_rng, "loss_sum": float(loss_sum), "seen": seen,
-                            "seconds": time.perf_counter() - epoch_start}
+                progress = {"epoch": epoch, "batches": i, "data_rng": epoch_rng, "loss_sum": float(loss_sum), "seen": seen, "seconds": time.perf_counter() - epoch_start}
                 self._save(loop, self._snapshot(loop, epoch - 1, partial=progress), improved=False)
                 last_saved, saved_at = loop.step, time.perf_counter()
         out.end_epoch()
@@ -434,16 +454,18 @@ class Trainer:
         }
         loop.history.append(row)
         shown = monitor.table or tuple(scores)
-        out.epoch_row({
-            "epoch": epoch,
-            "train_loss": row["train_loss"],
-            "val_loss": scores["loss"],
-            **{f"val_{k}": scores[k] for k in shown if k != "loss"},
-            f"test_{monitor.main}": evaluation.scores[monitor.main],
-            f"best_val_{monitor.main}": best["value"],
-            "img/s": round(row["images_per_s"]),
-            "time_s": f"{trained.seconds:.1f}",
-        })
+        out.epoch_row(
+            {
+                "epoch": epoch,
+                "train_loss": row["train_loss"],
+                "val_loss": scores["loss"],
+                **{f"val_{k}": scores[k] for k in shown if k != "loss"},
+                f"test_{monitor.main}": evaluation.scores[monitor.main],
+                f"best_val_{monitor.main}": best["value"],
+                "img/s": round(row["images_per_s"]),
+                "time_s": f"{trained.seconds:.1f}",
+            }
+        )
         breakdown = monitor.breakdown(scores)
         if breakdown:
             out.info(breakdown)
@@ -539,7 +561,8 @@ class Trainer:
         final = history[-1]
         best_test = (best.get("test") or {}).get(main)  # absent in runs begun before val splits existed
         out.info(
-            f"best val {main} {best['value']:.4f} (epoch {best['epoch']}" + (f", test {best_test:.4f}" if best_test is not None else "")
+            f"best val {main} {best['value']:.4f} (epoch {best['epoch']}"
+            + (f", test {best_test:.4f}" if best_test is not None else "")
             + f"), final val {final.get(f'val_{main}', math.nan):.4f}, test {final[f'test_{main}']:.4f}; run directory: {loop.run_dir}"
         )
         return FitResult(loop.run_dir, summary)
@@ -565,8 +588,9 @@ def restore_rng(saved: dict[str, Any], generator: torch.Generator, rank: int, de
         torch.cuda.set_rng_state(saved["cuda"][min(rank, len(saved["cuda"]) - 1)], device)
 
 
-def restore_training(state: dict[str, Any], run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> None:
+def restore_training(
+    state: dict[str, Any], run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler
+) -> None:
     """Load the weights and the optimizer's, schedule's and scaler's states of a checkpoint."""
     try:
         model.load_state_dict(state["model"])
@@ -576,8 +600,7 @@ def restore_training(state: dict[str, Any], run_dir: Path, model: torch.nn.Modul
     except (RuntimeError, ValueError, KeyError) as exc:
         detail = " ".join(str(exc).split())[:200]
         raise CheckpointError(
-            f"{rundir.checkpoint_file(run_dir)}: does not fit the model {run_dir / 'config.yaml'} builds ({detail}); "
-            "was either file replaced? Resume only the run that wrote them"
+            f"{rundir.checkpoint_file(run_dir)}: does not fit the model {run_dir / 'config.yaml'} builds ({detail}); was either file replaced? Resume only the run that wrote them"
         ) from None
 
 

@@ -56,9 +56,7 @@ class CNNBackbone(crnnfw.Backbone):
         self.blocks = nn.ModuleList()
         previous = in_channels
         for channels, (ph, pw) in zip(config.channels, config.pools):
-            layers: list[nn.Module] = [
-                nn.Conv2d(previous, channels, config.kernel_size, padding="same" if self.same else 0, bias=not config.batch_norm)
-            ]
+            layers: list[nn.Module] = [nn.Conv2d(previous, channels, config.kernel_size, padding="same" if self.same else 0, bias=not config.batch_norm)]
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(channels))
             tail: list[nn.Module] = [ACTIVATIONS[config.activation]()]

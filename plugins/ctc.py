@@ -167,9 +167,7 @@ def _logsumexp(a: float, b: float) -> float:
     return high + math.log1p(math.exp(-abs(a - b)))
 
 
-def beam_decode(
-    log_probs: Tensor, lengths: Tensor, charset: str, beam_width: int, allowed_lengths: list[int] | tuple[int, ...] = ()
-) -> crnnfw.Decoded:
+def beam_decode(log_probs: Tensor, lengths: Tensor, charset: str, beam_width: int, allowed_lengths: list[int] | tuple[int, ...] = ()) -> crnnfw.Decoded:
     """CTC prefix beam search: keeps the ``beam_width`` most probable prefixes, summing over the
     paths that produce each; the confidence is the winning string's total probability.
 

@@ -20,7 +20,6 @@ from .cnn import ACTIVATIONS
 from .lstm import LSTMConfig, LSTMEncoder
 
 
-
 def _check_stack(sizes: List[int], activation: str, dropout: float) -> None:
     if any(size < 1 for size in sizes):
         raise ValueError(f"sizes: every dense layer needs at least 1 unit, got {sizes}")

@@ -32,13 +32,10 @@ class EarlyStopping(crnnfw.Callback):
         best_value, best_epoch = None, 0
         for past in state.history:
             value = past[key]
-            better = best_value is None or (value > best_value + self.config.min_delta if state.higher_is_better
-                                            else value < best_value - self.config.min_delta)
+            better = best_value is None or (value > best_value + self.config.min_delta if state.higher_is_better else value < best_value - self.config.min_delta)
             if better:
                 best_value, best_epoch = value, past["epoch"]
         waited = state.epoch - best_epoch
         if waited >= self.config.patience and state.epoch < state.epochs:
-            state.stop = (f"early stopping: {key} has not improved by more than {self.config.min_delta:g} for "
-                          f"{waited} epochs (best {best_value:.4f} at epoch {best_epoch})")
-            state.records["early_stopping"] = {"stopped_after_epoch": state.epoch, "best_epoch": best_epoch, "monitor": key,
-                                               "patience": self.config.patience, "min_delta": self.config.min_delta}
+            state.stop = f"early stopping: {key} has not improved by more than {self.config.min_delta:g} for {waited} epochs (best {best_value:.4f} at epoch {best_epoch})"
+            state.records["early_stopping"] = {"stopped_after_epoch": state.epoch, "best_epoch": best_epoch, "monitor": key, "patience": self.config.patience, "min_delta": self.config.min_delta}

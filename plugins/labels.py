@@ -35,8 +35,7 @@ from typing import Any, Iterable, Iterator
 
 import crnnfw
 
-KINDS = ("unreadable file", "not UTF-8", "malformed line", "missing delimiter", "path escapes root",
-         "missing image", "empty label", "duplicate", "empty source", "not a label file")
+KINDS = ("unreadable file", "not UTF-8", "malformed line", "missing delimiter", "path escapes root", "missing image", "empty label", "duplicate", "empty source", "not a label file")
 FORMATS = ("auto", "tsv", "folder", "csv", "json", "jsonl", "lmdb")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 MAX_LABEL_BYTES = 512 << 20  # a label file this large is almost surely not one
@@ -84,8 +83,7 @@ def _stat(path: Path) -> os.stat_result:
         raise LabelError(f"{path}: no such label file or folder") from None
     except OSError as exc:
         raise LabelError(f"{path}: cannot read it: {exc.strerror}") from None
-    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
     for test, what in kinds:
         if test(st.st_mode):
             raise LabelError(f"{path}: is {what}, not a label file or folder; give a regular file")
@@ -167,7 +165,7 @@ class _Reader:
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            head = data[:exc.start]
+            head = data[: exc.start]
             line = head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
             self.problem("not UTF-8", self.at(line), f"byte {data[exc.start]:#04x} is not UTF-8; re-save the file as UTF-8")
             return None
@@ -303,8 +301,7 @@ class _Pairs(list):
 
 
 def _json_type(value: Any) -> str:
-    names = {_Pairs: "an object", list: "an array", str: "a string",
-             bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    names = {_Pairs: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
 

@@ -76,8 +76,15 @@ class LinesConfig:
 
     def __post_init__(self) -> None:
         self.cache = {"False": "off", "True": "memory"}.get(str(self.cache), self.cache)  # YAML reads a bare off as false
-        choices = {"case": CASES, "unknown": UNKNOWN_POLICIES, "bad_samples": ("error", "skip"), "too_wide": TOO_WIDE,
-                   "polarity": POLARITY, "cache": ("auto", "memory", "stream", "off"), "format": labels.FORMATS}
+        choices = {
+            "case": CASES,
+            "unknown": UNKNOWN_POLICIES,
+            "bad_samples": ("error", "skip"),
+            "too_wide": TOO_WIDE,
+            "polarity": POLARITY,
+            "cache": ("auto", "memory", "stream", "off"),
+            "format": labels.FORMATS,
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: '{getattr(self, key)}' is not one of {', '.join(allowed)}")
@@ -149,7 +156,7 @@ def _stable_key(folder: str, entry: labels.Entry) -> str:
     the same on every machine, wherever the data sits."""
     if "::" in entry.image:
         return f"{Path(entry.image.split('::')[0]).name}::{entry.image.split('::')[1]}\0{entry.text}"
-    relative = entry.image[len(folder):] if entry.image.startswith(folder) else os.path.basename(entry.image)
+    relative = entry.image[len(folder) :] if entry.image.startswith(folder) else os.path.basename(entry.image)
     return f"{relative}\0{entry.text}"
 
 
@@ -323,8 +330,7 @@ def _labelled(config: LinesConfig, report: Report) -> tuple[dict[str, list[Sampl
     return samples, sources, charset
 
 
-def _in_memory(config: LinesConfig, spec: InputSpec, charset: str, samples: dict[str, list[Sample]],
-               sources: dict[str, list[labels.Source]], report: Report) -> dict[str, crnnfw.PackedSplit] | None:
+def _in_memory(config: LinesConfig, spec: InputSpec, charset: str, samples: dict[str, list[Sample]], sources: dict[str, list[labels.Source]], report: Report) -> dict[str, crnnfw.PackedSplit] | None:
     """Every image decoded (or read from the cache) and packed; None when errors remain."""
     splits: dict[str, tuple[list[Tensor], list[str], list[str]]] = {}
     cached = _cache_file(config, sources, samples)
@@ -347,8 +353,7 @@ def _in_memory(config: LinesConfig, spec: InputSpec, charset: str, samples: dict
         if not images:
             raise crnnfw.DataError(f"data.{split}: no usable samples; check its sources (`crnnfw data CONFIG` lists the problems)")
     transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
-    return {split: crnnfw.PackedSplit.from_images(images, texts, charset, transform=transform if split == "train" else None, places=places)
-            for split, (images, texts, places) in splits.items()}
+    return {split: crnnfw.PackedSplit.from_images(images, texts, charset, transform=transform if split == "train" else None, places=places) for split, (images, texts, places) in splits.items()}
 
 
 def _fits(split: str, sample: Sample, natural: int | None, error: str | None, config: LinesConfig, report: Report) -> bool:
@@ -398,15 +403,17 @@ class _Sizes(torch.utils.data.Dataset):
         return scaled_width(height, width, self.spec), None
 
 
-def _measured(split: str, samples: list[Sample], spec: InputSpec, config: LinesConfig,
-              report: Report) -> tuple[list[Sample], Tensor]:
+def _measured(split: str, samples: list[Sample], spec: InputSpec, config: LinesConfig, report: Report) -> tuple[list[Sample], Tensor]:
     """The samples a streamed split keeps and their widths as training will see them, read from
     the images' headers in worker processes: so width policies, batching by width and the
     label-fit check work as for a set held in memory."""
     workers = config.workers or os.cpu_count() or 1
     sizes = _Sizes(samples, spec)
-    rows = ([sizes[i] for i in range(len(samples))] if workers == 1 or len(samples) < 256 else
-            [row for chunk in torch.utils.data.DataLoader(sizes, batch_size=256, num_workers=workers, collate_fn=list) for row in chunk])
+    rows = (
+        [sizes[i] for i in range(len(samples))]
+        if workers == 1 or len(samples) < 256
+        else [row for chunk in torch.utils.data.DataLoader(sizes, batch_size=256, num_workers=workers, collate_fn=list) for row in chunk]
+    )
     kept, widths = [], []
     for sample, (natural, error) in zip(samples, rows):
         if _fits(split, sample, natural, error, config, report):
@@ -447,8 +454,7 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
     if found is None:
         return None, report
     samples, sources, charset = found
-    spec = InputSpec(config.channels, config.height, config.min_width, config.max_width, "light-on-dark", config.ink_height,
-                     "squeeze" if config.too_wide == "squeeze" else "keep")
+    spec = InputSpec(config.channels, config.height, config.min_width, config.max_width, "light-on-dark", config.ink_height, "squeeze" if config.too_wide == "squeeze" else "keep")
     mode = config.cache
     if mode == "auto":
         size = sum(_estimated_bytes(s, config) for s in samples.values())
@@ -466,8 +472,7 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
         _note_warnings(report)
         if report.errors() and config.bad_samples == "error":
             return None, report
-        report.notes.append("streamed: images are decoded as batches need them (their sizes were read up front); "
-                            "an image that cannot be decoded then is left out of its batch and counted")
+        report.notes.append("streamed: images are decoded as batches need them (their sizes were read up front); an image that cannot be decoded then is left out of its batch and counted")
     else:
         splits = _in_memory(config, spec, charset, samples, sources, report)
         if splits is None:
@@ -475,9 +480,18 @@ def read_lines(config: LinesConfig) -> tuple[crnnfw.DataModule | None, Report]:
     if report.errors():
         report.notes.append(f"{len(report.errors())} problem samples skipped (bad_samples: skip)")
     data = crnnfw.DataModule(
-        train=splits["train"], val=splits["val"], test=splits["test"], classes=tuple(charset), channels=config.channels,
-        height=config.height, min_width=config.min_width, max_width=config.max_width,
-        polarity="light-on-dark", ink_height=config.ink_height, too_wide=spec.too_wide, notes=report.notes,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        classes=tuple(charset),
+        channels=config.channels,
+        height=config.height,
+        min_width=config.min_width,
+        max_width=config.max_width,
+        polarity="light-on-dark",
+        ink_height=config.ink_height,
+        too_wide=spec.too_wide,
+        notes=report.notes,
     )
     return data, report
 
@@ -530,9 +544,9 @@ class StreamSplit:
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
             groups = [g[rank * -(-len(g) // world) : (rank + 1) * -(-len(g) // world)] for g in groups]
             groups = [g for g in groups if len(g)]
-        loader = torch.utils.data.DataLoader(_Decoder(self.samples, self.spec, self.config.polarity),
-                                             batch_sampler=[g.tolist() for g in groups], collate_fn=self._collate,
-                                             num_workers=self.config.workers or os.cpu_count() or 1)
+        loader = torch.utils.data.DataLoader(
+            _Decoder(self.samples, self.spec, self.config.polarity), batch_sampler=[g.tolist() for g in groups], collate_fn=self._collate, num_workers=self.config.workers or os.cpu_count() or 1
+        )
         for batch, failures in loader:
             self.failures += failures
             if batch is None:

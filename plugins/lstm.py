@@ -49,8 +49,7 @@ class LSTMEncoder(crnnfw.SequenceEncoder):
         rnn = nn.LSTM if config.cell == "lstm" else nn.GRU
         self.bidirectional = config.bidirectional
         if not config.bidirectional:
-            self.rnn = rnn(in_features, config.hidden_size, num_layers=config.num_layers, batch_first=True,
-                           dropout=config.dropout if config.num_layers > 1 else 0.0)
+            self.rnn = rnn(in_features, config.hidden_size, num_layers=config.num_layers, batch_first=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
         else:
             self.forward_layers = nn.ModuleList()
             self.backward_layers = nn.ModuleList()

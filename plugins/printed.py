@@ -29,8 +29,7 @@ from crnnfw.images import prepare
 
 #: Letters, digits, punctuation and the space: 82 characters.
 PRINTABLE = string.digits + string.ascii_letters + " .,:;!?'\"()-/&%#+*=@"
-FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts", "/Library/Fonts",
-                "C:/Windows/Fonts")
+FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts", "/Library/Fonts", "C:/Windows/Fonts")
 PROBE_SIZE = 24
 
 
@@ -222,8 +221,7 @@ def printed_data(config: PrintedConfig) -> crnnfw.DataModule:
         fonts = [f for f in fonts if wanted <= f.covers]
         if not fonts:
             raise crnnfw.DataError(
-                f"data.charset: no font has a glyph for every character ({note.split(': ', 1)[1]}); set data.fonts to a "
-                "folder of fonts that do, or leave the missing characters out of data.charset"
+                f"data.charset: no font has a glyph for every character ({note.split(': ', 1)[1]}); set data.fonts to a folder of fonts that do, or leave the missing characters out of data.charset"
             )
     return rendered_data(Renderer(config, fonts, texts), "".join(sorted(wanted)), notes)
 
@@ -240,5 +238,6 @@ def rendered_data(renderer: Any, classes: str, notes: list[str]) -> crnnfw.DataM
     val, test = fixed(config.val_seed, config.val_size), fixed(config.test_seed, config.test_size)
     widest = int(max(val.widths.max(), test.widths.max()))
     transform = crnnfw.TextAugment(config.augment) if config.augment.enabled else None
-    return crnnfw.DataModule(train=RenderedSplit(renderer, classes, transform), val=val, test=test, classes=tuple(classes), channels=1,
-                             height=config.height, min_width=8, max_width=2 * widest, notes=notes)
+    return crnnfw.DataModule(
+        train=RenderedSplit(renderer, classes, transform), val=val, test=test, classes=tuple(classes), channels=1, height=config.height, min_width=8, max_width=2 * widest, notes=notes
+    )

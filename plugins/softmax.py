@@ -52,8 +52,7 @@ class Accuracy(crnnfw.Metrics):
         predicted = self.counts.sum(0).tolist()
         hits = self.counts.diagonal().tolist()
         rows = [
-            {"class": name, "count": support[i], "recall": hits[i] / support[i] if support[i] else 0.0,
-             "precision": hits[i] / predicted[i] if predicted[i] else 0.0, "errors": support[i] - hits[i]}
+            {"class": name, "count": support[i], "recall": hits[i] / support[i] if support[i] else 0.0, "precision": hits[i] / predicted[i] if predicted[i] else 0.0, "errors": support[i] - hits[i]}
             for i, name in enumerate(self.classes)
         ]
         return {"per_class": rows}

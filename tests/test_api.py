@@ -28,9 +28,15 @@ def test_every_kind_of_image_reads_the_same(short_run, digits, tmp_path):
     recognizer = crnnfw.load(short_run)
     assert recognizer.classes == tuple("0123456789") and recognizer.run_dir == short_run
     Image.fromarray(images[0]).save(tmp_path / "first.png")
-    as_file, as_pil, as_array, as_tensor, as_float = recognizer.predict([
-        tmp_path / "first.png", Image.fromarray(images[0]), images[0], torch.from_numpy(images[0])[None], images[0] / 255.0,
-    ])
+    as_file, as_pil, as_array, as_tensor, as_float = recognizer.predict(
+        [
+            tmp_path / "first.png",
+            Image.fromarray(images[0]),
+            images[0],
+            torch.from_numpy(images[0])[None],
+            images[0] / 255.0,
+        ]
+    )
     assert as_file.path == tmp_path / "first.png" and as_pil.path is None and as_pil.index == 1
     texts = {p.text for p in (as_file, as_pil, as_array, as_tensor, as_float)}
     assert len(texts) == 1 and texts.pop() in "0123456789" and as_file.text

@@ -52,8 +52,11 @@ def workspace(tmp_path_factory):
     save("no_input.ckpt", {k: v for k, v in state.items() if k != "input"})
     other = {**state, "config": {**state["config"], "model": {**state["config"]["model"], "encoder": {**state["config"]["model"]["encoder"], "hidden_size": 64}}}}
     save("other_model.ckpt", other)
-    missing_plugin = {**state, "config": {**state["config"], "model": {**state["config"]["model"], "backbone": {"name": "vgg_from_elsewhere"}}},
-                      "components": {**state["components"], "backbone": {"name": "vgg_from_elsewhere", "plugin": "vgg", "distribution": "crnnfw-vgg", "version": "1.2.0"}}}
+    missing_plugin = {
+        **state,
+        "config": {**state["config"], "model": {**state["config"]["model"], "backbone": {"name": "vgg_from_elsewhere"}}},
+        "components": {**state["components"], "backbone": {"name": "vgg_from_elsewhere", "plugin": "vgg", "distribution": "crnnfw-vgg", "version": "1.2.0"}},
+    }
     save("missing_plugin.ckpt", missing_plugin)
     (files / "bad.yaml").write_text("trainer: {epochs: 3\n")
     (files / "list.yaml").write_text("- a\n- b\n")
@@ -161,8 +164,7 @@ def _cases(run: str, files: str):
         ("encoder type", ["run", MNIST_CONFIG, "model.encoder.hidden_size=big", out], "model.encoder.hidden_size"),
         ("head pool", ["run", MNIST_CONFIG, "model.head.pool=median", out], "pool"),
         ("negative limit", ["run", MNIST_CONFIG, "data.train_limit=-5", out], "data"),
-        ("pooled to nothing", ["run", MNIST_CONFIG, "model.backbone.channels=[8,8,8,8,8]",
-                               "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2],[2,2]]", *QUICK, out], "to nothing"),
+        ("pooled to nothing", ["run", MNIST_CONFIG, "model.backbone.channels=[8,8,8,8,8]", "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2],[2,2]]", *QUICK, out], "to nothing"),
         # Configs: files and syntax.
         ("missing config", ["run", f"{files}/nope.yaml", out], "no such config file"),
         ("invalid yaml", ["run", f"{files}/bad.yaml", out], "not valid YAML"),
@@ -193,8 +195,7 @@ def _cases(run: str, files: str):
         ("softmax head on strings", ["run", CTC_CONFIG, "model.head.name=softmax", "data.train_size=64", "data.val_size=64", "data.test_size=64", out], "pair a classification head"),
         ("label outside charset", ["run", CTC_CONFIG, "model.head.charset=abc0123", "data.train_size=64", "data.val_size=64", "data.test_size=64", out], "lacks"),
         ("whitelist outside charset", ["run", CTC_CONFIG, "model.head.whitelist=xyz", "data.train_size=64", "data.val_size=64", "data.test_size=64", out], "whitelist"),
-        ("label too long", ["run", CTC_CONFIG, "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]", "data.train_size=64", "data.val_size=64", "data.test_size=64", out],
-         "Pool less along the width"),
+        ("label too long", ["run", CTC_CONFIG, "model.backbone.pools=[[2,2],[2,2],[2,2],[2,2]]", "data.train_size=64", "data.val_size=64", "data.test_size=64", out], "Pool less along the width"),
         # Fine-tuning and resume.
         ("init from nothing", ["run", MNIST_CONFIG, "--init-from", f"{files}/nope.ckpt", out], "no such checkpoint"),
         ("init from text", ["run", MNIST_CONFIG, "--init-from", f"{files}/text.ckpt", *QUICK, out], "text.ckpt"),
@@ -225,27 +226,28 @@ def _cases(run: str, files: str):
         ("folder without images", ["predict", run, f"{files}/no_images"], "no .png, .jpg, .jpeg, .bmp, .tif"),
         ("missing image", ["predict", run, f"{files}/nope.png"], "no such file or folder"),
         # Own data (the `lines` dataset): each stops before a run directory is made, naming file:line.
-        *((name, ["run", LINES_CONFIG, FP32, f"data.train={files}/lines/{source}", f"data.test={files}/lines/good.txt",
-                  "data.cache=off", out, *extra], expected)
-          for name, source, extra, expected in (
-              ("labels without delimiter", "no_delimiter.txt", [], "missing delimiter (train), first {files}/lines/no_delimiter.txt:2"),
-              ("labels with empty path", "empty_path.txt", [], "empty_path.txt:2"),
-              ("image path escapes root", "escape.txt", [], "path escapes root (train), first {files}/lines/escape.txt:2"),
-              ("labelled image missing", "missing_image.txt", [], "missing image (train), first {files}/lines/missing_image.txt:2"),
-              ("labelled image corrupt", "corrupt_image.txt", [], "undecodable image (train), first {files}/lines/corrupt_image.txt:2"),
-              ("label file not utf-8", "latin1.txt", [], "not UTF-8 (train), first {files}/lines/latin1.txt:2"),
-              ("label file empty", "empty.txt", [], "empty source (train)"),
-              ("label file duplicates", "duplicate.txt", [], "duplicate (train), first {files}/lines/duplicate.txt:3"),
-              ("empty label", "empty_label.txt", [], "empty label (train), first {files}/lines/empty_label.txt:2"),
-              ("unknown character", "unknown_char.txt", ["data.charset=AB"], "unknown character (train), first {files}/lines/unknown_char.txt:2"),
-              ("unknown character dropped away", "unknown_char.txt", ["data.charset=XY", "data.unknown=drop"], "data.train: no usable samples"),
-              ("label too long for its image", "too_long.txt", ["data.val={files}/lines/good.txt"], "too_long.txt:2 (6 characters"),
-              ("label file is a folder", "a_folder.txt", [], "a_folder.txt"),
-              ("jsonl line broken", "bad.jsonl", [], "bad.jsonl:2"),
-              ("csv row too long", "bad.csv", [], "bad.csv:3"),
-              ("json value not text", "bad.json", [], "bad.json"),
-              ("lmdb without num-samples", "no_count.lmdb", [], "no num-samples"),
-          )),
+        *(
+            (name, ["run", LINES_CONFIG, FP32, f"data.train={files}/lines/{source}", f"data.test={files}/lines/good.txt", "data.cache=off", out, *extra], expected)
+            for name, source, extra, expected in (
+                ("labels without delimiter", "no_delimiter.txt", [], "missing delimiter (train), first {files}/lines/no_delimiter.txt:2"),
+                ("labels with empty path", "empty_path.txt", [], "empty_path.txt:2"),
+                ("image path escapes root", "escape.txt", [], "path escapes root (train), first {files}/lines/escape.txt:2"),
+                ("labelled image missing", "missing_image.txt", [], "missing image (train), first {files}/lines/missing_image.txt:2"),
+                ("labelled image corrupt", "corrupt_image.txt", [], "undecodable image (train), first {files}/lines/corrupt_image.txt:2"),
+                ("label file not utf-8", "latin1.txt", [], "not UTF-8 (train), first {files}/lines/latin1.txt:2"),
+                ("label file empty", "empty.txt", [], "empty source (train)"),
+                ("label file duplicates", "duplicate.txt", [], "duplicate (train), first {files}/lines/duplicate.txt:3"),
+                ("empty label", "empty_label.txt", [], "empty label (train), first {files}/lines/empty_label.txt:2"),
+                ("unknown character", "unknown_char.txt", ["data.charset=AB"], "unknown character (train), first {files}/lines/unknown_char.txt:2"),
+                ("unknown character dropped away", "unknown_char.txt", ["data.charset=XY", "data.unknown=drop"], "data.train: no usable samples"),
+                ("label too long for its image", "too_long.txt", ["data.val={files}/lines/good.txt"], "too_long.txt:2 (6 characters"),
+                ("label file is a folder", "a_folder.txt", [], "a_folder.txt"),
+                ("jsonl line broken", "bad.jsonl", [], "bad.jsonl:2"),
+                ("csv row too long", "bad.csv", [], "bad.csv:3"),
+                ("json value not text", "bad.json", [], "bad.json"),
+                ("lmdb without num-samples", "no_count.lmdb", [], "no num-samples"),
+            )
+        ),
         ("data check of a bad config", ["data", f"{files}/typo.yaml"], "trainer.epoch: unknown key"),
         ("convert without output", ["data", "convert", f"{files}/lines/good.txt"], "give SOURCE"),
         ("convert broken labels", ["data", "convert", f"{files}/lines/no_delimiter.txt", f"{files}/out.lmdb"], "no_delimiter.txt:2"),

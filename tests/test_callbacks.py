@@ -25,8 +25,7 @@ def test_early_stopping_ends_the_run_and_says_why(tmp_path, cli):
     assert [row["epoch"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped"].startswith("early stopping: val_accuracy has not improved by more than 1 for 2 epochs")
-    assert summary["callbacks"]["early_stopping"] == {"stopped_after_epoch": 3, "best_epoch": 1, "monitor": "val_accuracy",
-                                                      "patience": 2, "min_delta": 1.0}
+    assert summary["callbacks"]["early_stopping"] == {"stopped_after_epoch": 3, "best_epoch": 1, "monitor": "val_accuracy", "patience": 2, "min_delta": 1.0}
     assert "early stopping" in result.out
     again = cli("run", "--resume", run_dir)
     assert again.code == 1 and "already stopped (early stopping" in again.err
@@ -70,8 +69,7 @@ def test_a_plugin_callback_sees_every_event_in_order(tmp_path, cli, extra_plugin
 
     extra_plugin("recorder_plugin", crnnfw_register_callbacks=crnnfw_register_callbacks)
     Recorder.events = []
-    result = cli("run", MNIST_CONFIG, *TINY, "trainer.epochs=2", "trainer.callbacks=[{name: recorder, every: 2}]",
-                 f"output_dir={tmp_path}", "name=rec")
+    result = cli("run", MNIST_CONFIG, *TINY, "trainer.epochs=2", "trainer.callbacks=[{name: recorder, every: 2}]", f"output_dir={tmp_path}", "name=rec")
     assert result.code == 0, result.err
     events = Recorder.events
     assert events[0] == ("fit_start", 0) and events[1] == ("epoch_start", 1) and events[-1] == ("fit_end", 2)

@@ -40,13 +40,11 @@ def test_training_images_are_fresh_each_epoch_and_val_differs_from_test():
     from crnnfw.datasets import build_data
     from crnnfw.plugins import get_registry
 
-    cfg = config.resolve(config.load(ROOT / "configs" / "captcha_ctc.yaml", ["data.val_size=16", "data.test_size=16", "data.train_size=32",
-                                                                             "data.workers=1"]), get_registry())
+    cfg = config.resolve(config.load(ROOT / "configs" / "captcha_ctc.yaml", ["data.val_size=16", "data.test_size=16", "data.train_size=32", "data.workers=1"]), get_registry())
     data = build_data(cfg, get_registry())
     assert not torch.equal(data.val.targets, data.test.targets) and data.height == 32
     assert set(data.classes) == set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     generator = torch.Generator().manual_seed(0)
-    epochs = [[tuple(b.target_lengths.tolist()) + tuple(b.targets.flatten().tolist()) for b in data.train.batches(16, shuffle=True, generator=generator)]
-              for _ in range(2)]
+    epochs = [[tuple(b.target_lengths.tolist()) + tuple(b.targets.flatten().tolist()) for b in data.train.batches(16, shuffle=True, generator=generator)] for _ in range(2)]
     assert epochs[0] != epochs[1]
     assert hashlib.sha256(repr(epochs[0]).encode()).hexdigest()  # drawn without error in a worker process

@@ -59,7 +59,9 @@ def test_bad_values_name_the_full_key_and_suggest(override, expected):
 def test_cli_config_error_is_one_line_exit_2_without_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "crnnfw", "run", str(MNIST_CONFIG), "trainer.lr=0.1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

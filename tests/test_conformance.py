@@ -115,8 +115,7 @@ def test_pixels_conforms(options, in_channels):
     "stages",
     [
         None,  # the default: conv 30 5x5 valid, pool 2; conv 15 3x3 valid, pool 2
-        [CNNConfig(channels=[8], kernel_size=5, pools=[[2, 2]]),
-         CNNConfig(channels=[8, 16], kernel_size=3, padding="valid", batch_norm=True, pools=[[2, 1], [1, 1]])],
+        [CNNConfig(channels=[8], kernel_size=5, pools=[[2, 2]]), CNNConfig(channels=[8, 16], kernel_size=3, padding="valid", batch_norm=True, pools=[[2, 1], [1, 1]])],
     ],
 )
 def test_cnn_chain_conforms(stages):
@@ -195,8 +194,7 @@ def test_contract_modules_import_nothing_from_the_engine(module):
     from .conftest import ROOT
 
     tree = ast.parse((ROOT / "framework" / f"{module}.py").read_text())
-    imported = {node.module.split(".")[0] if node.module else alias.name
-                for node in tree.body if isinstance(node, ast.ImportFrom) and node.level == 1 for alias in node.names}
+    imported = {node.module.split(".")[0] if node.module else alias.name for node in tree.body if isinstance(node, ast.ImportFrom) and node.level == 1 for alias in node.names}
     assert imported <= CONTRACT, f"crnnfw.{module} imports {sorted(imported - CONTRACT)} from the engine"
 
 

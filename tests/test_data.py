@@ -110,8 +110,7 @@ def test_text_augmentation_keeps_widths_range_and_background_padding():
         assert float(out[i, ..., width:].abs().sum()) == 0  # padding stays background
         assert float(out[i, ..., :width].sum()) > 0
     assert not torch.allclose(out, images)
-    same = TextAugment(TextAugmentConfig(enabled=True, rotate=0, shear=0, perspective=0, scale_x=0, scale_y=0, thickness=0,
-                                         blur=0, noise=0, contrast=0, gamma=0, invert=0))
+    same = TextAugment(TextAugmentConfig(enabled=True, rotate=0, shear=0, perspective=0, scale_x=0, scale_y=0, thickness=0, blur=0, noise=0, contrast=0, gamma=0, invert=0))
     assert torch.allclose(same(images, torch.Generator().manual_seed(1), widths=widths), images, atol=1e-5)  # every part off-able
     again = augment(images, torch.Generator().manual_seed(1), widths=widths)
     assert torch.equal(out, again)  # drawn from the generator alone: resumable
@@ -122,13 +121,13 @@ def test_jpeg_like_loss_blocks_detail_and_quantises():
 
     images = torch.rand(4, 1, 32, 90, generator=torch.Generator().manual_seed(0))
     widths = torch.tensor([90, 70, 50, 33])
-    only_jpeg = TextAugmentConfig(enabled=True, rotate=0, shear=0, perspective=0, scale_x=0, scale_y=0, thickness=0, blur=0, noise=0,
-                                  contrast=0, gamma=0, jpeg=1.0)
+    only_jpeg = TextAugmentConfig(enabled=True, rotate=0, shear=0, perspective=0, scale_x=0, scale_y=0, thickness=0, blur=0, noise=0, contrast=0, gamma=0, jpeg=1.0)
     out = TextAugment(only_jpeg)(images, torch.Generator().manual_seed(1), widths=widths)
     assert out.shape == images.shape and 0 <= float(out.min()) and float(out.max()) <= 1
     for i, width in enumerate(widths.tolist()):
         assert float(out[i, ..., width:].abs().sum()) == 0  # padding stays background
         assert len(torch.unique(out[i, ..., :width])) <= 64  # intensities quantised
+
     def block(x: torch.Tensor) -> float:
         return float(x[..., :8, :8].var())
 

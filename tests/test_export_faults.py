@@ -186,8 +186,7 @@ def test_full_disk_leaves_nothing(workspace, tmp_path):
     before = snapshot(root)
     output = tmp_path / "new" / "model.onnx"
     limit = 256 * 1024
-    result = subprocess.run([sys.executable, "-c", DISK_FULL, str(limit), "export", str(run_dir), "-o", str(output)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", DISK_FULL, str(limit), "export", str(run_dir), "-o", str(output)], capture_output=True, text=True, timeout=120)
     assert_one_error(result.returncode, result.stderr, "disk is full")
     assert str(output) in result.stderr
     assert list(tmp_path.iterdir()) == []  # neither the file, its temporary, nor the folder made for it
@@ -198,8 +197,7 @@ def test_ctrl_c_during_verification(workspace, tmp_path):
     root, run_dir, _ = workspace
     checkpoints = snapshot(run_dir / "checkpoints")
     output = tmp_path / "model.onnx"
-    child = subprocess.Popen([sys.executable, "-c", ENDLESS_VERIFY, "export", str(run_dir), "-o", str(output), "--verify"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", ENDLESS_VERIFY, "export", str(run_dir), "-o", str(output), "--verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in child.stdout:
             if line.startswith("verifying"):

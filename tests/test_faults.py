@@ -122,8 +122,7 @@ def test_a_signal_during_a_save_waits_for_the_file(tmp_path):
 
 
 def _start(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(_crnnfw("run", MNIST_CONFIG, *TINY, "trainer.epochs=6", f"output_dir={tmp_path}", f"name={name}", *extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(_crnnfw("run", MNIST_CONFIG, *TINY, "trainer.epochs=6", f"output_dir={tmp_path}", f"name={name}", *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_checkpoint(process: subprocess.Popen, parent: Path) -> Path:
@@ -231,8 +230,7 @@ def _mnist_idx(folder: Path, count: int) -> None:
     folder.mkdir(parents=True)
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images, labels = arrays[f"{split}_images"][:count].numpy(), arrays[f"{split}_labels"][:count].numpy()
-        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(bytes.fromhex("00000803") + len(images).to_bytes(4, "big")
-                                                              + (28).to_bytes(4, "big") * 2 + images.astype("uint8").tobytes())
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(bytes.fromhex("00000803") + len(images).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.astype("uint8").tobytes())
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(bytes.fromhex("00000801") + len(labels).to_bytes(4, "big") + labels.astype("uint8").tobytes())
 
 
@@ -241,8 +239,18 @@ def test_environment_values_never_reach_a_file(tmp_path):
     data_root = tmp_path / f"data-{secret}"
     _mnist_idx(data_root, 600)
     env = {**os.environ, "CRNNFW_TEST_SECRET": str(data_root)}
-    args = ["run", MNIST_CONFIG, FP32, "data.train_limit=256", "data.val_size=128", "data.test_limit=128", "trainer.epochs=1",
-            f"output_dir={tmp_path / 'runs'}", "name=env", "data.root=${oc.env:CRNNFW_TEST_SECRET}"]
+    args = [
+        "run",
+        MNIST_CONFIG,
+        FP32,
+        "data.train_limit=256",
+        "data.val_size=128",
+        "data.test_limit=128",
+        "trainer.epochs=1",
+        f"output_dir={tmp_path / 'runs'}",
+        "name=env",
+        "data.root=${oc.env:CRNNFW_TEST_SECRET}",
+    ]
 
     refused = subprocess.run(_crnnfw(*args), capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "--allow-env" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

@@ -33,9 +33,11 @@ TINY = ["data.line_height_min=0.6", "data.line_height_max=0.6", "data.train_size
 #: Runs the CLI and reports its peak RSS (KiB) and the seconds main() took, after importing.
 #: The peak is the process's own VmHWM: ru_maxrss would count the RSS of pytest, which it
 #: keeps across fork and exec.
-PROBE = ("import re, sys, time\nfrom pathlib import Path\nfrom crnnfw.cli import main\nstart = time.monotonic()\n"
-         "code = main(sys.argv[1:])\npeak = re.search(r'VmHWM:\\s*(\\d+) kB', Path('/proc/self/status').read_text()).group(1)\n"
-         "print(f'PROBE {peak} {time.monotonic() - start:.1f}', file=sys.stderr)\nsys.exit(code)\n")
+PROBE = (
+    "import re, sys, time\nfrom pathlib import Path\nfrom crnnfw.cli import main\nstart = time.monotonic()\n"
+    "code = main(sys.argv[1:])\npeak = re.search(r'VmHWM:\\s*(\\d+) kB', Path('/proc/self/status').read_text()).group(1)\n"
+    "print(f'PROBE {peak} {time.monotonic() - start:.1f}', file=sys.stderr)\nsys.exit(code)\n"
+)
 GiB = 2**30
 measured = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
 
@@ -53,13 +55,13 @@ def run_dir(tmp_path_factory) -> Path:
 
 def _png(path: Path, width: int, height: int, value: int = 255) -> Path:
     """A one-colour 8-bit grey PNG written row by row: a 20000 x 20000 file costs no memory."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     row, deflate = b"\0" + bytes([value]) * width, zlib.compressobj(1)
     data = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
     return path
 
 
@@ -96,12 +98,9 @@ def test_oversize_images_are_refused_from_their_headers(run_dir, tmp_path):
     done, rss, seconds = _probe("predict", run_dir, folder, "--json")
     assert done.returncode == 1, done.stderr
     assert _errors(done.stderr) == [
-        f"crnnfw: error: {wide}: refused, 1,920,000 px wide at the model's height of 32 px, more than the limit of 4,096; "
-        "crop or split the image (crnnfw predict --max-width N raises the limit)",
-        f"crnnfw: error: {big}: refused, too many pixels (13000 x 13000 = 169,000,000, more than the limit of 50,000,000); "
-        "give a smaller image (crnnfw predict --max-pixels N raises the limit)",
-        f"crnnfw: error: {bomb}: refused, too many pixels (400,000,000, more than the limit of 50,000,000); "
-        "give a smaller image (crnnfw predict --max-pixels N raises the limit)",
+        f"crnnfw: error: {wide}: refused, 1,920,000 px wide at the model's height of 32 px, more than the limit of 4,096; crop or split the image (crnnfw predict --max-width N raises the limit)",
+        f"crnnfw: error: {big}: refused, too many pixels (13000 x 13000 = 169,000,000, more than the limit of 50,000,000); give a smaller image (crnnfw predict --max-pixels N raises the limit)",
+        f"crnnfw: error: {bomb}: refused, too many pixels (400,000,000, more than the limit of 50,000,000); give a smaller image (crnnfw predict --max-pixels N raises the limit)",
     ]
     assert "Warning" not in done.stderr and "Traceback" not in done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
@@ -124,13 +123,14 @@ def test_pillow_bomb_limits_never_warn_and_stop_one_file(run_dir, tmp_path, cli,
         limited = cli("predict", run_dir, folder / "b_warned.png", "--max-pixels", "3000")
     assert [w.category.__name__ for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
     assert result.code == 1
-    assert _errors(result.err) == [f"crnnfw: error: {bomb}: refused, too many pixels for Pillow (Image size (10000 pixels) exceeds "
-                                   "limit of 8000 pixels, could be decompression bomb DOS attack.); give a smaller image"]
+    assert _errors(result.err) == [
+        f"crnnfw: error: {bomb}: refused, too many pixels for Pillow (Image size (10000 pixels) exceeds limit of 8000 pixels, could be decompression bomb DOS attack.); give a smaller image"
+    ]
     rows = {Path(row["file"]).name: row for row in map(json.loads, result.out.splitlines())}
     assert "text" in rows["a_small.png"] and "text" in rows["b_warned.png"] and "error" in rows["c_bomb.png"]
     assert limited.code == 1 and _errors(limited.err) == [
-        f"crnnfw: error: {folder / 'b_warned.png'}: refused, too many pixels (100 x 50 = 5,000, more than the limit of 3,000); "
-        "give a smaller image (crnnfw predict --max-pixels N raises the limit)"]
+        f"crnnfw: error: {folder / 'b_warned.png'}: refused, too many pixels (100 x 50 = 5,000, more than the limit of 3,000); give a smaller image (crnnfw predict --max-pixels N raises the limit)"
+    ]
 
 
 def test_max_width_option_and_default(run_dir, tmp_path, cli):
@@ -138,8 +138,8 @@ def test_max_width_option_and_default(run_dir, tmp_path, cli):
     assert cli("predict", run_dir, wide).code == 0  # default limit: 4096 (the model's max_width is 339)
     refused = cli("predict", run_dir, wide, "--max-width", "200")
     assert refused.code == 1 and _errors(refused.err) == [
-        f"crnnfw: error: {wide}: refused, 240 px wide at the model's height of 32 px, more than the limit of 200; "
-        "crop or split the image (crnnfw predict --max-width N raises the limit)"]
+        f"crnnfw: error: {wide}: refused, 240 px wide at the model's height of 32 px, more than the limit of 200; crop or split the image (crnnfw predict --max-width N raises the limit)"
+    ]
     assert cli("predict", run_dir, wide, "--max-width", "244").code == 0
     with pytest.raises(SystemExit):
         cli("predict", run_dir, wide, "--max-pixels", "0")
@@ -177,14 +177,12 @@ def test_paths_that_are_not_regular_files(run_dir, tmp_path, cli):
     assert _errors(result.err) == [
         f"crnnfw: error: {fifo}: a named pipe (FIFO), {not_a_file}",
         f"crnnfw: error: /dev/zero: a character device, {not_a_file}",
-        f"crnnfw: error: {tmp_path / 'loop_a'}: a symbolic link loop (its links point at each other and never reach a file); "
-        "fix or remove the link",
+        f"crnnfw: error: {tmp_path / 'loop_a'}: a symbolic link loop (its links point at each other and never reach a file); fix or remove the link",
         f"crnnfw: error: {broken}: a broken symbolic link (to {tmp_path / 'gone.png'}, which does not exist); fix or remove the link",
         f"crnnfw: error: {folder / 'queue.png'}: a named pipe (FIFO), {not_a_file}",
     ]
     rows = [json.loads(line) for line in result.out.splitlines()]
-    assert [row["file"] for row in rows] == [str(p) for p in (fifo, "/dev/zero", tmp_path / "loop_a", broken, good,
-                                                              folder / "fine.png", folder / "queue.png")]
+    assert [row["file"] for row in rows] == [str(p) for p in (fifo, "/dev/zero", tmp_path / "loop_a", broken, good, folder / "fine.png", folder / "queue.png")]
     assert "text" in rows[4] and "text" in rows[5]
 
 
@@ -244,7 +242,8 @@ def test_compressed_checkpoint_record_is_refused_before_it_inflates(run_dir, tmp
     ratio = zipfile.ZipFile(hostile).getinfo(record)
     assert _errors(done.stderr) == [
         f"crnnfw: error: {hostile}: refused: its record {record} would inflate {ratio.file_size / ratio.compress_size:,.0f}-fold "
-        f"to {GiB // 2:,} bytes (a zip bomb; torch.save never compresses); give a .ckpt file a crnnfw run wrote"]
+        f"to {GiB // 2:,} bytes (a zip bomb; torch.save never compresses); give a .ckpt file a crnnfw run wrote"
+    ]
     assert "Traceback" not in done.stderr
     assert rss < 0.8, f"peak RSS {rss:.2f} GiB"  # the import alone takes about 0.5; unchecked, torch.load inflates 0.5 more
     assert seconds < 5, seconds  # unchecked: 8 s
@@ -259,8 +258,8 @@ def test_checkpoint_over_the_size_limit_or_with_a_damaged_directory(run_dir, tmp
     damaged.write_bytes(data[:start] + b"XX" + data[start + 2 :])
     result = cli("eval", damaged)
     assert result.code == 2 and _errors(result.err) == [
-        f"crnnfw: error: {damaged}: not a readable checkpoint (truncated or damaged: its zip directory is unreadable, "
-        "Bad magic number for central directory); give a .ckpt file a crnnfw run wrote"]
+        f"crnnfw: error: {damaged}: not a readable checkpoint (truncated or damaged: its zip directory is unreadable, Bad magic number for central directory); give a .ckpt file a crnnfw run wrote"
+    ]
     legacy = tmp_path / "legacy.ckpt"
     torch.save(checkpoint.load(good), legacy, _use_new_zipfile_serialization=False)
     assert legacy.read_bytes()[:1] == b"\x80" and checkpoint.load(legacy)["format_version"] == checkpoint.FORMAT_VERSION
@@ -268,5 +267,5 @@ def test_checkpoint_over_the_size_limit_or_with_a_damaged_directory(run_dir, tmp
     total = sum(r.file_size for r in zipfile.ZipFile(good).infolist())
     result = cli("predict", good, _good(tmp_path / "good.png"))
     assert result.code == 2 and _errors(result.err) == [
-        f"crnnfw: error: {good}: refused: its records would take {total:,} bytes in memory, more than the 1,048,576 a "
-        "checkpoint may (crnnfw.checkpoint.MAX_BYTES)"]
+        f"crnnfw: error: {good}: refused: its records would take {total:,} bytes in memory, more than the 1,048,576 a checkpoint may (crnnfw.checkpoint.MAX_BYTES)"
+    ]

@@ -12,7 +12,15 @@ from PIL import Image
 
 import crnnfw
 from crnnfw_plugins.labels import (
-    KINDS, Entry, LabelError, Problem, Source, detect_format, read_image_bytes, read_source, write_lmdb,
+    KINDS,
+    Entry,
+    LabelError,
+    Problem,
+    Source,
+    detect_format,
+    read_image_bytes,
+    read_source,
+    write_lmdb,
 )
 
 #: Non-ASCII labels, one with a comma and spaces, one holding the tsv delimiter.
@@ -123,14 +131,17 @@ def test_folder_without_images_is_an_empty_source(tmp_path):
     assert only_problem(tmp_path, format="folder").kind == "empty source"
 
 
-@pytest.mark.parametrize("content, kind, line", [
-    ("a.png\tok\nb.png has no tab\n", "missing delimiter", 2),
-    ("a.png\tok\n\tlabel only\n", "malformed line", 2),
-    ("a.png\tok\n\nb.png\t\n", "empty label", 3),
-    ("nope.png\tx\n", "missing image", 1),
-    ("a.png\tx\n./a.png\tx\n", "duplicate", 2),
-    ("a.png\tok\n../outside.png\tx\n", "path escapes root", 2),
-])
+@pytest.mark.parametrize(
+    "content, kind, line",
+    [
+        ("a.png\tok\nb.png has no tab\n", "missing delimiter", 2),
+        ("a.png\tok\n\tlabel only\n", "malformed line", 2),
+        ("a.png\tok\n\nb.png\t\n", "empty label", 3),
+        ("nope.png\tx\n", "missing image", 1),
+        ("a.png\tx\n./a.png\tx\n", "duplicate", 2),
+        ("a.png\tok\n../outside.png\tx\n", "path escapes root", 2),
+    ],
+)
 def test_each_tsv_problem_has_its_place(tmp_path, content, kind, line):
     images(tmp_path / "data")
     png(tmp_path / "outside.png")
@@ -313,8 +324,7 @@ def test_lmdb_problems(tmp_path):
         read(raw("none.lmdb", image_000000001=b"x"))
     with pytest.raises(LabelError, match="not a non-negative integer"):
         read(raw("neg.lmdb", num_samples=b"-1"))
-    path = raw("bad.lmdb", num_samples=b"3", image_000000001=b"x", label_000000001=b"\xff",
-               image_000000002=b"y", image_000000003=b"z", label_000000003=b"ok")
+    path = raw("bad.lmdb", num_samples=b"3", image_000000001=b"x", label_000000001=b"\xff", image_000000002=b"y", image_000000003=b"z", label_000000003=b"ok")
     entries, problems = read(path)
     assert [e.text for e in entries] == ["ok"]
     assert [(p.kind, p.where) for p in problems] == [("not UTF-8", f"{path}:label-000000001"), ("malformed line", f"{path}:label-000000002")]

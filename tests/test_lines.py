@@ -77,8 +77,7 @@ def test_every_format_reads_the_same_samples(fmt, words, tmp_path, cli):
         converted = cli("data", "convert", tsv(folder / "labels.txt", pairs), source)
         assert converted.code == 0, converted.err
         assert f"{len(pairs)} samples" in converted.out
-    result, report = checked(cli, f"data.train={source}", f"data.val={source}", f"data.test={source}",
-                             f"output_dir={tmp_path / 'runs'}")
+    result, report = checked(cli, f"data.train={source}", f"data.val={source}", f"data.test={source}", f"output_dir={tmp_path / 'runs'}")
     assert result.code == 0, result.err + result.out
     assert report["ok"] and report["splits"]["train"]["samples"] == len(pairs)
     assert set(report["charset"]) == set("".join(text for _, text in pairs))
@@ -129,8 +128,7 @@ def test_dictionary_file_case_folding_and_nfc(tmp_path, cli):
     train = tsv(folder / "train.txt", labelled(folder, ["AB C", decomposed.upper()]))
     dictionary = folder / "dict.txt"
     dictionary.write_text("a\nb\nc\n<space>\né\nt\nz\n", encoding="utf-8")
-    result, report = checked(cli, f"data.train={train}", f"data.val={train}", f"data.test={train}", f"data.dictionary={dictionary}",
-                             "data.case=lower", f"output_dir={tmp_path / 'runs'}")
+    result, report = checked(cli, f"data.train={train}", f"data.val={train}", f"data.test={train}", f"data.dictionary={dictionary}", "data.case=lower", f"output_dir={tmp_path / 'runs'}")
     assert result.code == 0, result.out
     assert list(report["charset"]) == list("abc é") + ["t", "z"]  # the dictionary's order
     assert report["charset"]["é"] == 2 and report["charset"][" "] == 1 and report["charset"]["z"] == 0
@@ -150,8 +148,7 @@ def test_images_of_every_kind_come_out_alike(tmp_path):
     upright.rotate(-90, expand=True).save(folder / "rotated.jpg", exif=exif)
     names = ["grey.png", "colour.jpg", "palette.png", "light_on_dark.png", "sixteen.png", "rotated.jpg"]
     source = tsv(folder / "labels.txt", [(n, "AB") for n in names])
-    cfg = config.resolve(config.load(LINES_CONFIG, [f"data.train={source}", f"data.val={source}", f"data.test={source}",
-                                                    "data.cache=off"]), get_registry())
+    cfg = config.resolve(config.load(LINES_CONFIG, [f"data.train={source}", f"data.val={source}", f"data.test={source}", "data.cache=off"]), get_registry())
     data = build_data(cfg, get_registry())
     batch = data.test.batch(torch.arange(len(names)))
     widths = batch.widths.tolist()
@@ -166,8 +163,7 @@ def test_too_wide_images_squeeze_drop_or_error(tmp_path, cli):
     folder = tmp_path / "wide"
     pairs = labelled(folder, ["AB", "AB AB AB AB AB AB"])
     source = tsv(folder / "labels.txt", pairs)
-    common = [f"data.train={source}", f"data.val={source}", f"data.test={source}", "data.max_width=100", "data.cache=off",
-              f"output_dir={tmp_path / 'runs'}"]
+    common = [f"data.train={source}", f"data.val={source}", f"data.test={source}", "data.max_width=100", "data.cache=off", f"output_dir={tmp_path / 'runs'}"]
     _, squeezed = checked(cli, *common)
     assert squeezed["ok"] and squeezed["splits"]["test"]["widths"][-1][0].endswith("100")
     _, dropped = checked(cli, *common, "data.too_wide=drop")
@@ -209,8 +205,7 @@ def test_a_model_trained_from_files_reads_them_back(tmp_path, cli):
         render(folder / f"{i:04d}.png", text, ink=rng.randint(0, 80), paper=rng.randint(180, 255))
         pairs.append((f"{i:04d}.png", text))
     train, test = tsv(folder / "train.txt", pairs[:1600]), tsv(folder / "test.txt", pairs[1600:])
-    result = cli("run", LINES_CONFIG, FP32, f"data.train={train}", f"data.test={test}", "trainer.epochs=4",
-                 f"output_dir={tmp_path / 'runs'}", "name=digits")
+    result = cli("run", LINES_CONFIG, FP32, f"data.train={train}", f"data.test={test}", "trainer.epochs=4", f"output_dir={tmp_path / 'runs'}", "name=digits")
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "runs" / "digits").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -242,6 +237,5 @@ def test_streamed_batches_decode_as_they_go_and_cover_the_split(tmp_path):
     for batch in batches:
         assert batch.images.shape[2] == 32 and batch.images.shape[-1] == int(batch.widths.max())
     assert sum(int(b.widths.max() - b.widths.min()) for b in batches) / len(batches) < spread / 2  # grouped by width
-    memory = build_data(config.resolve(config.load(LINES_CONFIG, [*overrides[:3], "data.cache=auto", "data.bad_samples=skip",
-                                                                  f"data.cache_dir={tmp_path / 'cache'}"]), get_registry()), get_registry())
+    memory = build_data(config.resolve(config.load(LINES_CONFIG, [*overrides[:3], "data.cache=auto", "data.bad_samples=skip", f"data.cache_dir={tmp_path / 'cache'}"]), get_registry()), get_registry())
     assert type(memory.train).__name__ == "PackedSplit"  # a small set fits in memory

@@ -40,7 +40,7 @@ def test_composed_data_is_variable_width_and_fixed_by_seed():
         assert w >= data.narrowest[n]
     # blank past each image's width
     for i in range(20):
-        assert int(test.images[i, ..., test.widths[i]:].sum()) == 0
+        assert int(test.images[i, ..., test.widths[i] :].sum()) == 0
     _fixed_split.cache_clear()
     again = build_data(cfg, get_registry()).test
     assert torch.equal(again.images, test.images) and torch.equal(again.targets, test.targets)
@@ -160,8 +160,19 @@ def test_sequence_metrics():
 def test_short_ctc_training_run(tmp_path, cli):
     """Strings of 1-3 digits, with the generator's full variety: 3 epochs of 4,500 strings read
     most characters right, of its own test split and of files the independent composer wrote."""
-    result = cli("run", CTC_CONFIG, FP32, "data.max_digits=3", "data.train_size=4500", "data.val_size=500", "data.test_size=500",
-                 "trainer.epochs=3", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
+    result = cli(
+        "run",
+        CTC_CONFIG,
+        FP32,
+        "data.max_digits=3",
+        "data.train_size=4500",
+        "data.val_size=500",
+        "data.test_size=500",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        f"output_dir={tmp_path}",
+        "name=ctc",
+    )
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "ctc").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -211,8 +222,7 @@ def test_the_generator_ranges_reach_the_image():
 
     arrays = load_mnist()
     bank = DigitBank.from_arrays(arrays["test_images"][:2000], arrays["test_labels"][:2000])
-    plain = dict(min_digits=2, max_digits=2, gap_min=40, gap_max=40, slope=0.0, drift=0.0, jitter=0, thickness=0.0,
-                 background_max=0.0, ink_min=1.0, texture=0.0, noise=0.0, blur=0.0)
+    plain = dict(min_digits=2, max_digits=2, gap_min=40, gap_max=40, slope=0.0, drift=0.0, jitter=0, thickness=0.0, background_max=0.0, ink_min=1.0, texture=0.0, noise=0.0, blur=0.0)
 
     def height_ratios(**options) -> torch.Tensor:
         batch = compose(bank, 300, MultiDigitConfig(**plain, **options), torch.Generator().manual_seed(0))
@@ -272,8 +282,7 @@ def test_the_out_of_distribution_composer_shares_no_code_with_the_generator(tmp_
     import ast
 
     source = (ROOT / "benchmarks" / "ood_digits.py").read_text()
-    imported = {alias.name if isinstance(node, ast.Import) else node.module
-                for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    imported = {alias.name if isinstance(node, ast.Import) else node.module for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
     assert "crnnfw_plugins.multidigit" not in imported and not any("multidigit" in name for name in imported)
     ood = _load_benchmark("ood_digits")
     labels = ood.write_set(tmp_path, count=16, seed=3)

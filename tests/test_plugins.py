@@ -126,8 +126,7 @@ def test_hookspecs_document_every_hook():
     from crnnfw import hookspecs
 
     hooks = [name for name in dir(hookspecs) if name.startswith("crnnfw_register_")]
-    assert sorted(hooks) == ["crnnfw_register_backbones", "crnnfw_register_callbacks", "crnnfw_register_datasets", "crnnfw_register_encoders",
-                             "crnnfw_register_heads"]
+    assert sorted(hooks) == ["crnnfw_register_backbones", "crnnfw_register_callbacks", "crnnfw_register_datasets", "crnnfw_register_encoders", "crnnfw_register_heads"]
     for name in hooks:
         doc = getattr(hookspecs, name).__doc__
         assert "Factory signature" in doc, name
@@ -180,8 +179,9 @@ def test_the_readme_and_notebook_plugins_train_as_written(tmp_path, monkeypatch)
     exec(compile(_python_blocks(ROOT / "README.md", "my_package/plugin.py"), "README.md", "exec"), module.__dict__)
     plugins.register_plugin(module, name="readme_tiny")
     try:
-        run = crnnfw.train("mnist_crnn", [FP32, "model.backbone.name=tiny", "trainer.epochs=1", "data.train_limit=500", "data.val_size=200",
-                                          "data.test_limit=200"], output_dir=str(tmp_path / "readme"))
+        run = crnnfw.train(
+            "mnist_crnn", [FP32, "model.backbone.name=tiny", "trainer.epochs=1", "data.train_limit=500", "data.val_size=200", "data.test_limit=200"], output_dir=str(tmp_path / "readme")
+        )
     finally:
         plugins.unregister_plugin("readme_tiny")
     assert run.summary["components"]["backbone"]["name"] == "tiny"

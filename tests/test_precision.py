@@ -56,8 +56,7 @@ def test_shipped_configs_default_to_auto():
 
 
 def test_a_run_says_what_auto_chose_and_records_it(tmp_path, cli):
-    result = cli("run", MNIST_CONFIG, "data.train_limit=128", "data.val_size=128", "data.test_limit=128", "trainer.epochs=1",
-                 "trainer.device=cpu", f"output_dir={tmp_path}", "name=auto")
+    result = cli("run", MNIST_CONFIG, "data.train_limit=128", "data.val_size=128", "data.test_limit=128", "trainer.epochs=1", "trainer.device=cpu", f"output_dir={tmp_path}", "name=auto")
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "auto").iterdir()
     expected = choose("auto", hardware(torch.device("cpu")))
@@ -71,8 +70,19 @@ def test_a_run_says_what_auto_chose_and_records_it(tmp_path, cli):
 
 def test_emulated_bf16_still_runs_with_one_warning(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # this CPU counts as one without native bf16
-    result = cli("run", MNIST_CONFIG, "data.train_limit=64", "data.val_size=64", "data.test_limit=64", "trainer.epochs=1", "trainer.batch_size=32",
-                 "trainer.device=cpu", "trainer.precision=bf16-mixed", f"output_dir={tmp_path}", "name=emulated")
+    result = cli(
+        "run",
+        MNIST_CONFIG,
+        "data.train_limit=64",
+        "data.val_size=64",
+        "data.test_limit=64",
+        "trainer.epochs=1",
+        "trainer.batch_size=32",
+        "trainer.device=cpu",
+        "trainer.precision=bf16-mixed",
+        f"output_dir={tmp_path}",
+        "name=emulated",
+    )
     assert result.code == 0, result.err
     (run_dir,) = (tmp_path / "emulated").iterdir()
     log = (run_dir / "train.log").read_text()

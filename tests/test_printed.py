@@ -33,8 +33,7 @@ def test_the_test_split_is_the_same_in_another_process():
     cfg = config.resolve(config.load(LINES_CONFIG, SMALL), get_registry())
     data = build_data(cfg, get_registry())
     here = hashlib.sha256(data.test.pixels.numpy().tobytes() + repr(data.test.targets.tolist()).encode()).hexdigest()
-    there = subprocess.run([sys.executable, "-c", DIGEST.format(path=str(LINES_CONFIG), overrides=SMALL)],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    there = subprocess.run([sys.executable, "-c", DIGEST.format(path=str(LINES_CONFIG), overrides=SMALL)], capture_output=True, text=True, check=True).stdout.strip()
     assert here == there
     assert len(data.test) == 24 and data.test.pixels.shape[1] == 32 and len(data.classes) >= 70
     batch = next(data.train.batches(16, shuffle=True))
@@ -64,10 +63,8 @@ def test_render_writes_files_the_lines_dataset_reads_back(tmp_path, cli):
     assert len(pairs) == 20 and all((out / name).is_file() for name, _ in pairs)
     cfg = config.resolve(config.load(LINES_CONFIG, SMALL), get_registry())
     original = build_data(cfg, get_registry()).test
-    assert [text for _, text in pairs] == original.batch(original.widths.argsort(stable=True)[:20]).target_texts(
-        build_data(cfg, get_registry()).classes)
+    assert [text for _, text in pairs] == original.batch(original.widths.argsort(stable=True)[:20]).target_texts(build_data(cfg, get_registry()).classes)
     again = cli("data", "render", LINES_CONFIG, out, "20", *SMALL)
     assert again.code != 0 and "already exists" in again.err
-    read = cli("data", LINES_CONFIG, f"data.train={out / 'labels.txt'}", f"data.val={out / 'labels.txt'}",
-               f"data.test={out / 'labels.txt'}", f"output_dir={tmp_path / 'runs'}", "--json")
+    read = cli("data", LINES_CONFIG, f"data.train={out / 'labels.txt'}", f"data.val={out / 'labels.txt'}", f"data.test={out / 'labels.txt'}", f"output_dir={tmp_path / 'runs'}", "--json")
     assert read.code == 0, read.out

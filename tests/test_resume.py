@@ -18,8 +18,7 @@ from crnnfw import checkpoint
 from .conftest import FP32, MNIST_CONFIG, read_jsonl
 
 # On the CPU, where every kernel is deterministic (cuDNN's convolution gradients are not).
-SMALL = [FP32, "data.train_limit=2048", "data.val_size=256", "data.test_limit=256", "trainer.epochs=4", "trainer.batch_size=64", "trainer.log_every=8",
-         "trainer.device=cpu"]
+SMALL = [FP32, "data.train_limit=2048", "data.val_size=256", "data.test_limit=256", "trainer.epochs=4", "trainer.batch_size=64", "trainer.log_every=8", "trainer.device=cpu"]
 
 
 def _crnnfw(*args: str | Path) -> list[str]:
@@ -94,12 +93,26 @@ def test_resume_guards(tmp_path, cli):
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     """gloo on CPU: 2 ranks x 32 images against 1 process x 64, same data order and augmentation."""
-    common = [FP32, "data.train_limit=1024", "data.val_size=512", "data.test_limit=512", "trainer.epochs=2", "trainer.batch_size=64",
-              "trainer.num_threads=1", "trainer.device=cpu", f"output_dir={tmp_path}"]
+    common = [
+        FP32,
+        "data.train_limit=1024",
+        "data.val_size=512",
+        "data.test_limit=512",
+        "trainer.epochs=2",
+        "trainer.batch_size=64",
+        "trainer.num_threads=1",
+        "trainer.device=cpu",
+        f"output_dir={tmp_path}",
+    ]
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(Path(sys.executable).with_name("crnnfw")),
-                          "run", str(MNIST_CONFIG), *common, "name=ddp"], capture_output=True, text=True, env=env, timeout=600)
+    ddp = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(Path(sys.executable).with_name("crnnfw")), "run", str(MNIST_CONFIG), *common, "name=ddp"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("best val accuracy") == 1  # only rank 0 prints
     single = subprocess.run(_crnnfw("run", MNIST_CONFIG, *common, "name=single"), capture_output=True, text=True, env=env, timeout=600)

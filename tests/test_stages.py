@@ -45,11 +45,14 @@ def test_encoder_is_padding_invariant(cell, bidirectional):
         torch.testing.assert_close(encoder(garbage, lengths)[1, :7], together[1, :7], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("padding, pools", [
-    ("same", [[2, 2], [1, 1], [2, 1]]),
-    ("same", [[2, 3], [1, 2], [2, 1]]),  # width pools of 3 then 2: odd remainders at every step
-    ("valid", [[2, 2], [1, 1], [2, 1]]),
-])
+@pytest.mark.parametrize(
+    "padding, pools",
+    [
+        ("same", [[2, 2], [1, 1], [2, 1]]),
+        ("same", [[2, 3], [1, 2], [2, 1]]),  # width pools of 3 then 2: odd remainders at every step
+        ("valid", [[2, 2], [1, 1], [2, 1]]),
+    ],
+)
 def test_cnn_reports_lengths_and_is_padding_invariant(padding, pools):
     torch.manual_seed(0)
     cfg = CNNConfig(channels=[4, 8, 8], pools=pools, padding=padding, batch_norm=True)
@@ -202,6 +205,7 @@ def test_factory_failures_name_the_stage(extra_plugin, cli, tmp_path):
     def register_failing(register):
         def build(cfg, in_channels, in_height):
             raise RuntimeError("no GPU kernels for this")
+
         register("failing", build, config=LiarConfig)
 
     extra_plugin("failing_plugin", crnnfw_register_backbones=register_failing)

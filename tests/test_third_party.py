@@ -19,16 +19,17 @@ EXAMPLE = ROOT / "examples" / "crnnfw-resnet"
 def pip_install(source: Path, target: Path) -> None:
     """Install a package into ``target`` offline (its dependencies are already here)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(source)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target), str(source)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 def crnnfw(site: Path | str, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "PYTHONPATH": str(site), **env}
-    return subprocess.run([sys.executable, "-m", "crnnfw", *map(str, args)], capture_output=True, text=True,
-                          env=environ, cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-m", "crnnfw", *map(str, args)], capture_output=True, text=True, env=environ, cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,19 @@ def test_installed_plugins_are_discovered_and_listed(site):
 
 @pytest.mark.parametrize("backbone", ["resnet", "acme_backbone"])
 def test_third_party_backbones_train(site, tmp_path, backbone):
-    result = crnnfw(site, "run", MNIST_CONFIG, FP32, f"model.backbone.name={backbone}", "data.train_limit=2048",
-                    "data.val_size=512", "data.test_limit=512", "trainer.epochs=2", "trainer.batch_size=64", f"output_dir={tmp_path}")
+    result = crnnfw(
+        site,
+        "run",
+        MNIST_CONFIG,
+        FP32,
+        f"model.backbone.name={backbone}",
+        "data.train_limit=2048",
+        "data.val_size=512",
+        "data.test_limit=512",
+        "trainer.epochs=2",
+        "trainer.batch_size=64",
+        f"output_dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "mnist_crnn").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -71,9 +83,9 @@ def test_third_party_backbones_train(site, tmp_path, backbone):
 @pytest.mark.parametrize("tests", [EXAMPLE / "tests", "scaffolded"])
 def test_plugin_packages_own_tests_pass(site, tests):
     folder = site.parent / "acme-backbone" / "tests" if tests == "scaffolded" else tests
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)}, timeout=600,
-                            cwd=site.parent)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)}, timeout=600, cwd=site.parent
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     assert " passed" in result.stdout
 

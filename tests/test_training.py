@@ -26,8 +26,7 @@ def test_short_run_learns_mnist(short_run):
 
 def test_run_directory_contents(short_run):
     names = {p.name for p in short_run.iterdir()}
-    assert names >= {"config.yaml", "metrics.jsonl", "train.log", "summary.json", "checkpoints",
-                     "predictions.png", "curves.png", "confusion.png"}
+    assert names >= {"config.yaml", "metrics.jsonl", "train.log", "summary.json", "checkpoints", "predictions.png", "curves.png", "confusion.png"}
     saved = yaml.safe_load((short_run / "config.yaml").read_text())
     assert saved["data"]["train_limit"] == 8000 and saved["model"]["encoder"]["cell"] == "lstm"
     rows = read_jsonl(short_run / "metrics.jsonl")
@@ -48,8 +47,7 @@ def test_checkpoints_are_plain_and_complete(short_run):
     assert last["classes"] == list("0123456789")
     assert last["config"]["model"]["backbone"]["name"] == "cnn"
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "best", "crnnfw_version", "format_version"} <= set(last)
-    assert last["input"] == {"channels": 1, "height": 28, "min_width": 28, "max_width": 28, "polarity": "light-on-dark",
-                             "ink_height": 20 / 28, "too_wide": "keep"}
+    assert last["input"] == {"channels": 1, "height": 28, "min_width": 28, "max_width": 28, "polarity": "light-on-dark", "ink_height": 20 / 28, "too_wide": "keep"}
     assert last["decoding"] == {"decoder": "argmax", "classes": json.dumps(list("0123456789"))}
     assert best["epoch"] == best["best"]["epoch"]
     assert not list((short_run / "checkpoints").glob("*.tmp"))
@@ -65,8 +63,9 @@ def test_never_overwrites_a_run(tmp_path, cli):
 
 
 def test_plain_progress_lines_off_a_terminal(tmp_path, cli):
-    result = cli("run", MNIST_CONFIG, FP32, "data.train_limit=512", "data.val_size=256", "data.test_limit=256", "trainer.epochs=1",
-                 "trainer.batch_size=64", "trainer.log_every=4", f"output_dir={tmp_path}")
+    result = cli(
+        "run", MNIST_CONFIG, FP32, "data.train_limit=512", "data.val_size=256", "data.test_limit=256", "trainer.epochs=1", "trainer.batch_size=64", "trainer.log_every=4", f"output_dir={tmp_path}"
+    )
     assert result.code == 0
     lines = [line for line in result.out.splitlines() if line.startswith("epoch 1/1 step")]
     assert [line.split()[3] for line in lines] == ["4/8", "8/8"]

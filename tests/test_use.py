@@ -46,8 +46,9 @@ def test_eval_prints_and_saves_the_metrics(short_run, cli):
 
 
 def test_eval_of_a_sequence_model_breaks_down_by_length(tmp_path, cli):
-    run = cli("run", "configs/multidigit_ctc.yaml", "data.train_size=512", "data.val_size=200", "data.test_size=200", "trainer.epochs=1",
-              "trainer.batch_size=32", FP32, f"output_dir={tmp_path}", "name=ctc")
+    run = cli(
+        "run", "configs/multidigit_ctc.yaml", "data.train_size=512", "data.val_size=200", "data.test_size=200", "trainer.epochs=1", "trainer.batch_size=32", FP32, f"output_dir={tmp_path}", "name=ctc"
+    )
     assert run.code == 0, run.err
     (run_dir,) = (tmp_path / "ctc").iterdir()
     assert {"predictions.png", "curves.png"} <= {p.name for p in run_dir.iterdir()}
@@ -187,8 +188,20 @@ def test_torchscript_export(tmp_path, short_run, cli):
 
 
 def test_fine_tuning_loads_what_fits(tmp_path, short_run, cli):
-    same = cli("run", MNIST_CONFIG, "--init-from", short_run, FP32, "data.train_limit=512", "data.val_size=1000", "data.test_limit=1000",
-               "trainer.epochs=1", "trainer.optimizer.lr=0.0002", f"output_dir={tmp_path}", "name=same")
+    same = cli(
+        "run",
+        MNIST_CONFIG,
+        "--init-from",
+        short_run,
+        FP32,
+        "data.train_limit=512",
+        "data.val_size=1000",
+        "data.test_limit=1000",
+        "trainer.epochs=1",
+        "trainer.optimizer.lr=0.0002",
+        f"output_dir={tmp_path}",
+        "name=same",
+    )
     assert same.code == 0, same.err
     assert "loaded 18 of 18 tensors" in same.out and "re-initialised" not in same.out
     (run_dir,) = (tmp_path / "same").iterdir()
@@ -199,10 +212,26 @@ def test_fine_tuning_loads_what_fits(tmp_path, short_run, cli):
 
 def test_fine_tuning_across_charsets_reinitialises_the_head(tmp_path, short_run, cli):
     """MNIST digits (softmax over 10 classes) to strings over an 11-character CTC charset."""
-    result = cli("run", MNIST_CONFIG, "--init-from", short_run, FP32, "data.name=multidigit", "data.height=28",
-                 "data.cell_min=12", "data.gap_min=0",
-                 "data.train_size=256", "data.val_size=64", "data.test_size=64", "model.head.name=ctc", "model.head.charset=0123456789-",
-                 "trainer.epochs=1", "trainer.batch_size=32", f"output_dir={tmp_path}", "name=ctc")
+    result = cli(
+        "run",
+        MNIST_CONFIG,
+        "--init-from",
+        short_run,
+        FP32,
+        "data.name=multidigit",
+        "data.height=28",
+        "data.cell_min=12",
+        "data.gap_min=0",
+        "data.train_size=256",
+        "data.val_size=64",
+        "data.test_size=64",
+        "model.head.name=ctc",
+        "model.head.charset=0123456789-",
+        "trainer.epochs=1",
+        "trainer.batch_size=32",
+        f"output_dir={tmp_path}",
+        "name=ctc",
+    )
     assert result.code == 0, result.err
     assert "re-initialised the head" in result.out and "head.classifier" in result.out
     loaded = next(line for line in result.out.splitlines() if "loaded" in line)

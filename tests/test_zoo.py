@@ -38,11 +38,19 @@ def lstm(cin: int, hidden: int) -> int:
 
 
 EXPECTED_PARAMETERS = {
-    "crnn": conv(1, 32, 3) + conv(32, 64, 3) + conv(64, 128, 3) + conv(128, 256, 3)
-    + lstm(256 * 3, 128) + lstm(128, 128) + dense(128, 10),
-    "cnn_bn_lstm": conv(1, 32, 3, False) + bn(32) + conv(32, 32, 3, False) + bn(32)
-    + conv(32, 64, 3, False) + bn(64) + conv(64, 64, 3, False) + bn(64)
-    + dense(64 * 4, 128, False) + bn(128) + lstm(128, 128) + dense(128, 10),
+    "crnn": conv(1, 32, 3) + conv(32, 64, 3) + conv(64, 128, 3) + conv(128, 256, 3) + lstm(256 * 3, 128) + lstm(128, 128) + dense(128, 10),
+    "cnn_bn_lstm": conv(1, 32, 3, False)
+    + bn(32)
+    + conv(32, 32, 3, False)
+    + bn(32)
+    + conv(32, 64, 3, False)
+    + bn(64)
+    + conv(64, 64, 3, False)
+    + bn(64)
+    + dense(64 * 4, 128, False)
+    + bn(128)
+    + lstm(128, 128)
+    + dense(128, 10),
     "row_lstm": lstm(28, 50) + dense(50, 10),
     "cnn_lstm": conv(1, 32, 3) + conv(32, 64, 3) + dense(64 * 5, 128) + lstm(128, 128) + lstm(128, 128) + dense(128, 10),
     "cnn_simple": conv(1, 32, 5) + dense(32 * 14 * 14, 128) + dense(128, 10),
@@ -60,8 +68,18 @@ def test_every_zoo_config_is_known_to_the_test_and_the_benchmark():
 
 @pytest.mark.parametrize("model", sorted(EXPECTED_PARAMETERS))
 def test_zoo_config_trains_a_few_steps(model, cli, tmp_path):
-    result = cli("run", ZOO / f"{model}.yaml", FP32, "data.train_limit=96", "trainer.batch_size=32", "data.val_size=100", "data.test_limit=100",
-                 "trainer.eval_batch_size=100", "trainer.epochs=1", f"output_dir={tmp_path}")
+    result = cli(
+        "run",
+        ZOO / f"{model}.yaml",
+        FP32,
+        "data.train_limit=96",
+        "trainer.batch_size=32",
+        "data.val_size=100",
+        "data.test_limit=100",
+        "trainer.eval_batch_size=100",
+        "trainer.epochs=1",
+        f"output_dir={tmp_path}",
+    )
     assert result.code == 0, result.err
     (summary_path,) = tmp_path.glob("*/*/summary.json")
     summary = json.loads(summary_path.read_text())

@@ -91,5 +91,4 @@ class ResNetBackbone(crnnfw.Backbone):
 
 @crnnfw.hookimpl
 def crnnfw_register_backbones(register):
-    register("resnet", ResNetBackbone.from_config, config=ResNetConfig,
-             description="ResNet stages of torchvision BasicBlocks with width-preserving strides")
+    register("resnet", ResNetBackbone.from_config, config=ResNetConfig, description="ResNet stages of torchvision BasicBlocks with width-preserving strides")
