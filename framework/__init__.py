@@ -31,7 +31,8 @@ from .metrics import SequenceScores, edit_distance
 from .model import collapse_height
 from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask, mask_padding, masks_needed, unpadded
 from .version import __version__
-from .api import Built, Recognizer, Run, build, load, machine, train  # noqa: E402  (the API builds on everything above)
+from .api import Built, Recognizer, Run, build, load, train  # noqa: E402  (the API builds on everything above)
+from .hardware import machine
 from .predict import Prediction
 
 __all__ = [

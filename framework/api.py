@@ -114,14 +114,6 @@ def build(config: str | Path | Mapping[str, Any] | DictConfig, overrides: Sequen
     return Built(cfg, data, build_model(cfg, data, registry))
 
 
-def machine() -> dict[str, Any]:
-    """The facts a speed figure depends on (CPU model and vector instructions, native bf16,
-    threads, GPU, torch version), to print and save beside it."""
-    from .hardware import machine as facts
-
-    return facts()
-
-
 def _dotlist(options: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Keyword options as ``key=value`` overrides (nested mappings as dotted keys)."""
     out = []

@@ -37,49 +37,47 @@ class EMA(crnnfw.Callback):
         self.updates = 0
         self.swapped = False  # whether the model holds the average now
         self.shadow: list[torch.Tensor] = []  # the weights not in the model: the average, or the trained ones while swapped
+        self.tensors: list[torch.Tensor] = []  # the model's floating-point parameters and buffers, found once
         self._saved: dict[str, Any] | None = None
-
-    def _tensors(self, model: torch.nn.Module) -> list[torch.Tensor]:
-        return [t.detach() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._saved = state
 
     def on_fit_start(self, state: crnnfw.FitState) -> None:
-        tensors = self._tensors(state.model)
+        self.tensors = [t.detach() for t in (*state.model.parameters(), *state.model.buffers()) if t.is_floating_point()]
         saved, self._saved = self._saved, None
         if saved is None:
-            self.shadow = [t.clone() for t in tensors]
+            self.shadow = [t.clone() for t in self.tensors]
             return
         self.updates = saved["updates"]
-        self.shadow = [s.to(t.device) for s, t in zip(saved["shadow"], tensors)]
+        self.shadow = [s.to(t.device) for s, t in zip(saved["shadow"], self.tensors)]
         if saved["swapped"]:  # the checkpoint's weights are the average: put the trained ones back
-            self._swap(tensors)
+            self._swap()
         self.swapped = False
 
     def on_train_batch_end(self, state: crnnfw.FitState) -> None:
         self.updates += 1
         n = self.updates
         decay = min(self.config.decay, (1 + n) / (10 + n)) if self.config.warmup else self.config.decay
-        torch._foreach_lerp_(self.shadow, self._tensors(state.model), 1.0 - decay)
+        torch._foreach_lerp_(self.shadow, self.tensors, 1.0 - decay)
 
     def on_evaluate_start(self, state: crnnfw.FitState) -> None:
         if not self.swapped:
-            self._swap(self._tensors(state.model))
+            self._swap()
             self.swapped = True
         state.records["ema"] = {"decay": self.config.decay, "warmup": self.config.warmup, "updates": self.updates}
 
     def on_evaluate_end(self, state: crnnfw.FitState) -> None:
         if self.swapped:
-            self._swap(self._tensors(state.model))
+            self._swap()
             self.swapped = False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "swapped": self.swapped, "shadow": [s.cpu().clone() for s in self.shadow]}
+        return {"updates": self.updates, "swapped": self.swapped, "shadow": [s.to("cpu", copy=True) for s in self.shadow]}
 
-    def _swap(self, tensors: list[torch.Tensor]) -> None:
+    def _swap(self) -> None:
         """Exchange the model's weights and the shadow's, in place (the optimizer keeps its tensors)."""
-        for model_tensor, shadow in zip(tensors, self.shadow):
+        for model_tensor, shadow in zip(self.tensors, self.shadow):
             held = model_tensor.clone()
             model_tensor.copy_(shadow)
             shadow.copy_(held)
