@@ -260,7 +260,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         unused = [c for c, n in ranked if n == 0]
         if unused:
             console.print(f"never in the training labels: {escape(''.join(unused))!r}", highlight=False)
-        for key, title in (("label_lengths", "label length"), ("widths", "image width (px)")):
+        for key, title in (("label_lengths", "label length"), ("widths", "image width (px)"), ("steps_per_character", "steps per character")):
             rows = [{"split": name, title: span, "samples": count} for name, info in result.splits.items() for span, count in info.get(key, [])]
             if rows:
                 console.print(_rows_table(title, rows))

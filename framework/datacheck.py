@@ -1,7 +1,7 @@
 """``crnnfw data CONFIG``: what a dataset holds and everything wrong with it, before training.
 
-Counts per split, the charset with each character's frequency, histograms of label length and
-image width, and every problem with its place: what the dataset itself reports (missing or
+Counts per split, the charset with each character's frequency, histograms of label length,
+image width and output steps per character (whole steps, rounded down), and every problem with its place: what the dataset itself reports (missing or
 undecodable images, empty labels, unknown characters, duplicates ...) and labels too long for
 the steps the model leaves at their image's width. ``samples.png`` shows training images as
 the model will see them, with their labels.
@@ -94,12 +94,19 @@ def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None, sou
         return result
     result.notes = list(data.notes)
     classes = data.classes
+    try:
+        model = assemble(cfg, registry, channels=data.channels, height=data.height, classes=data.classes)
+    except CrnnfwError as exc:
+        model = None
+        result.problems.append(Problem("model", "check", source, str(exc)))
     for name in SPLITS:
         split = getattr(data, name)
         widths, targets, lengths, complete = _arrays(split)
         info: dict[str, Any] = {"samples": len(split), "summarised_from": len(widths) if not complete else len(split), "widths": histogram(widths)}
         if lengths is not None:
             info["label_lengths"] = histogram(lengths)
+            if model is not None:  # how tightly the characters sit in the model's output steps
+                info["steps_per_character"] = histogram(model.backbone.out_lengths(widths) // lengths.clamp(min=1))
         result.splits[name] = info
         if name == "train":
             if lengths is not None:
@@ -108,14 +115,14 @@ def check_data(cfg: DictConfig, registry: Registry, out: Path | None = None, sou
             else:
                 counts = Counter(targets.tolist())
             result.charset = {classes[i]: counts.get(i, 0) for i in range(len(classes))}
-    try:
-        model = assemble(cfg, registry, channels=data.channels, height=data.height, classes=data.classes)
-        for name in SPLITS:
-            result.problems += _label_fit(model, getattr(data, name), name)
-        if not result.problems:  # the build-time check: stage contracts, labels of splits composed on the fly
-            check_model(model, data)
-    except CrnnfwError as exc:
-        result.problems.append(Problem("model", "check", source, str(exc)))
+    if model is not None:
+        try:
+            for name in SPLITS:
+                result.problems += _label_fit(model, getattr(data, name), name)
+            if not result.problems:  # the build-time check: stage contracts, labels of splits composed on the fly
+                check_model(model, data)
+        except CrnnfwError as exc:
+            result.problems.append(Problem("model", "check", source, str(exc)))
     if out is not None:
         result.pictures.append(str(pictures.samples_png(data, out / "samples.png")))
     return result

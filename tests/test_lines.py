@@ -134,6 +134,19 @@ def test_dictionary_file_case_folding_and_nfc(tmp_path, cli):
     assert report["charset"]["é"] == 2 and report["charset"][" "] == 1 and report["charset"]["z"] == 0
 
 
+def test_data_check_counts_output_steps_per_character(tmp_path, cli):
+    folder = tmp_path / "steps"
+    render(folder / "tight.png", "ABCDEFGH", pad=2)
+    render(folder / "loose.png", "AB", pad=60)
+    source = tsv(folder / "labels.txt", [("tight.png", "ABCDEFGH"), ("loose.png", "AB")])
+    result, report = checked(cli, f"data.train={source}", f"data.val={source}", f"data.test={source}", f"output_dir={tmp_path / 'runs'}")
+    assert result.code == 0, result.out
+    rows = report["splits"]["test"]["steps_per_character"]
+    assert sum(count for _, count in rows) == 2 and rows[0][1] == 1 and rows[-1][1] == 1
+    tight, loose = int(rows[0][0].split("-")[0]), int(rows[-1][0].split("-")[-1])
+    assert 1 <= tight <= 4 and loose >= 12, rows  # about 26 steps for 8 characters, 37 for 2
+
+
 def test_images_of_every_kind_come_out_alike(tmp_path):
     folder = tmp_path / "kinds"
     render(folder / "grey.png", "AB")
