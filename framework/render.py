@@ -20,7 +20,8 @@ from .errors import CrnnfwError
 
 
 def render_split(data: DataModule, out: Path, count: int, split: str = "train") -> int:
-    """Write the first ``count`` samples of ``split`` to ``out`` (which must not exist yet):
+    """Write ``count`` samples of ``split`` (all of them, or a seeded subset spread over it) to
+    ``out`` (which must not exist yet):
     ``images/NNNNNN.png`` and ``labels.txt``. The folder appears whole or not at all."""
     if out.exists():
         raise CrnnfwError(f"data render: {out} already exists; give a new folder")
@@ -29,12 +30,19 @@ def render_split(data: DataModule, out: Path, count: int, split: str = "train") 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     try:
         (tmp / "images").mkdir()
-        lines, written = [], 0
+        lines, written, position = [], 0, 0
         source = getattr(data, split)
-        for batch in source.batches(256, shuffle=split == "train", generator=torch.Generator().manual_seed(0)):
+        generator = torch.Generator().manual_seed(0)
+        # Batches come grouped by width (held splits in width order): a subset is drawn over the
+        # whole split, so it has the split's mix of widths and lengths, not the narrowest first.
+        chosen = set(torch.randperm(len(source), generator=generator)[:count].tolist()) if count < len(source) else None
+        for batch in source.batches(256, shuffle=split == "train", generator=generator):
             for image, width, text in zip(batch.images, batch.widths.tolist(), batch.target_texts(data.classes)):
                 if written == count:
                     break
+                position += 1
+                if chosen is not None and position - 1 not in chosen:
+                    continue
                 pixels = image[..., :width].clamp(0, 1)
                 if data.polarity == "light-on-dark":
                     pixels = 1 - pixels  # written as a scan: dark ink on light paper
