@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -299,7 +300,10 @@ def _render(args: argparse.Namespace) -> int:
     if len(positional) != 3 or not positional[2].isdigit() or int(positional[2]) < 1:
         raise CrnnfwError("data render: give CONFIG OUT_DIR N (a count >= 1), e.g. crnnfw data render configs/multidigit_ctc.yaml digits/ 1000")
     config, out, count = positional
-    cfg = _resolved(config, [a for a in args.overrides if "=" in a])
+    overrides = [a for a in args.overrides if "=" in a]
+    cfg = _resolved(config, overrides)
+    if OmegaConf.select(cfg, "data.augment.enabled"):  # the files hold samples as made; training augments them again
+        cfg = _resolved(config, [*overrides, "data.augment.enabled=false"])
     data = build_data(cfg, get_host().registry)
     written = render_split(data, Path(out), int(count), args.split)
     print(f"wrote {written:,} {args.split} samples to {out}: images/*.png and labels.txt (path<TAB>text; train on them with data.name=lines)")

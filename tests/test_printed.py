@@ -73,3 +73,17 @@ def test_render_writes_files_the_lines_dataset_reads_back(tmp_path, cli):
     assert again.code != 0 and "already exists" in again.err
     read = cli("data", LINES_CONFIG, f"data.train={out / 'labels.txt'}", f"data.val={out / 'labels.txt'}", f"data.test={out / 'labels.txt'}", f"output_dir={tmp_path / 'runs'}", "--json")
     assert read.code == 0, read.out
+
+
+def test_render_writes_samples_without_training_augmentation(tmp_path, cli):
+    from .test_lines import labelled, tsv
+
+    folder = tmp_path / "words"
+    source = tsv(folder / "labels.txt", labelled(folder, ["AB", "CD", "EF", "GH"]))
+    common = [f"data.train={source}", f"data.val={source}", f"data.test={source}", "data.cache=off", "--split", "train"]
+    plain = cli("data", "render", LINES_CONFIG, tmp_path / "plain", "4", *common)
+    augmented = cli("data", "render", LINES_CONFIG, tmp_path / "augmented", "4", *common, "data.augment.enabled=true", "data.augment.noise=0.5")
+    assert plain.code == 0 and augmented.code == 0, plain.err + augmented.err
+    assert (tmp_path / "plain" / "labels.txt").read_text() == (tmp_path / "augmented" / "labels.txt").read_text()
+    for name in sorted((tmp_path / "plain" / "images").iterdir()):
+        assert name.read_bytes() == (tmp_path / "augmented" / "images" / name.name).read_bytes()
