@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import crnnfw
-from crnnfw.metrics import edit_distance
 
 import ood_digits  # benchmarks/ood_digits.py: the independent composer
 import report  # benchmarks/report.py: the machine beside every figure
@@ -29,7 +28,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "multidigit_ctc.ya
 
 def scores(pairs: list[tuple[str, str]]) -> dict[str, float]:
     """Sequence accuracy, CER and accuracy per length of (truth, prediction) pairs."""
-    out = {"accuracy": sum(t == p for t, p in pairs) / len(pairs), "cer": sum(edit_distance(t, p) for t, p in pairs) / sum(len(t) for t, _ in pairs)}
+    out = {"accuracy": sum(t == p for t, p in pairs) / len(pairs), "cer": sum(crnnfw.edit_distance(t, p) for t, p in pairs) / sum(len(t) for t, _ in pairs)}
     for n in sorted({len(t) for t, _ in pairs}):
         some = [(t, p) for t, p in pairs if len(t) == n]
         out[f"accuracy_len{n}"] = sum(t == p for t, p in some) / len(some)

@@ -70,7 +70,7 @@ def test_model_output_is_padding_invariant():
 
 
 def test_length_check_fires_before_training(cli):
-    pools = "model.backbone.pools=[[2,2],[2,2],[2,1],[2,1]]"
+    pools = "model.backbone.pools=[[2,2],[2,2],[2,1],[1,1],[2,1]]"
     with pytest.raises(ModelError, match=r"labels of \d characters come in images as narrow as \d+ px, which backbone 'cnn' turns into \d+ steps; head 'ctc' needs at least \d+"):
         cfg = resolved(pools)
         build_model(cfg, build_data(cfg, get_registry()), get_registry())
@@ -181,8 +181,6 @@ def test_short_ctc_training_run(tmp_path, cli):
     assert {"test_accuracy", "test_ned", "test_accuracy_len1", "test_accuracy_len3"} <= set(final)
     header = next(line for line in result.out.splitlines() if "train_loss" in line)
     assert "val_cer" in header and "test_accuracy" in header  # the table shows val's CER, and test's figure beside it
-    from crnnfw.metrics import edit_distance
-
     labels = _load_benchmark("ood_digits").write_set(tmp_path / "ood", count=150, seed=11, min_digits=1, max_digits=3)
     truth = dict(line.split("\t") for line in labels.read_text().splitlines())
     read = crnnfw.load(run_dir).predict([labels.parent / name for name in truth])
