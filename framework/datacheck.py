@@ -1,9 +1,10 @@
 """``crnnfw data CONFIG``: what a dataset holds and everything wrong with it, before training.
 
 Counts per split, the charset with each character's frequency, histograms of label length,
-image width and output steps per character (whole steps, rounded down), and every problem with its place: what the dataset itself reports (missing or
-undecodable images, empty labels, unknown characters, duplicates ...) and labels too long for
-the steps the model leaves at their image's width. ``samples.png`` shows training images as
+image width and output steps per character (whole steps, rounded down), and every problem
+with its place: what the dataset itself reports (missing or undecodable images, empty labels,
+unknown characters, duplicates ...) and labels too long for the steps the model leaves at
+their image's width. ``samples.png`` shows training images as
 the model will see them, with their labels.
 """
 
