@@ -300,10 +300,9 @@ def _render(args: argparse.Namespace) -> int:
     if len(positional) != 3 or not positional[2].isdigit() or int(positional[2]) < 1:
         raise CrnnfwError("data render: give CONFIG OUT_DIR N (a count >= 1), e.g. crnnfw data render configs/multidigit_ctc.yaml digits/ 1000")
     config, out, count = positional
-    overrides = [a for a in args.overrides if "=" in a]
-    cfg = _resolved(config, overrides)
+    cfg = _resolved(config, [a for a in args.overrides if "=" in a])
     if OmegaConf.select(cfg, "data.augment.enabled"):  # the files hold samples as made; training augments them again
-        cfg = _resolved(config, [*overrides, "data.augment.enabled=false"])
+        cfg.data.augment.enabled = False
     data = build_data(cfg, get_host().registry)
     written = render_split(data, Path(out), int(count), args.split)
     print(f"wrote {written:,} {args.split} samples to {out}: images/*.png and labels.txt (path<TAB>text; train on them with data.name=lines)")

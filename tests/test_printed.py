@@ -16,6 +16,7 @@ from crnnfw.plugins import get_registry
 from crnnfw_plugins.printed import PrintedConfig, coverage, printed_data
 
 from .conftest import ROOT
+from .test_lines import labelled, tsv
 
 LINES_CONFIG = ROOT / "configs" / "lines_ctc.yaml"
 SMALL = ["data.name=printed", "data.train_size=64", "data.val_size=16", "data.test_size=24", "data.workers=1"]
@@ -76,8 +77,6 @@ def test_render_writes_files_the_lines_dataset_reads_back(tmp_path, cli):
 
 
 def test_render_writes_samples_without_training_augmentation(tmp_path, cli):
-    from .test_lines import labelled, tsv
-
     folder = tmp_path / "words"
     source = tsv(folder / "labels.txt", labelled(folder, ["AB", "CD", "EF", "GH"]))
     common = [f"data.train={source}", f"data.val={source}", f"data.test={source}", "data.cache=off", "--split", "train"]
