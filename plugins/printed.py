@@ -3,7 +3,9 @@
 Text comes from random strings over ``charset`` or from the lines of ``text_file``; fonts from
 ``fonts`` (a folder), else the system's font folders, else Pillow's built-in font (said in the
 run's notes). A font is used for a text only when it has a glyph for every character, so no
-character is ever drawn as an empty box. Size, letter spacing, baseline, ink and paper tone
+character is ever drawn as an empty box; and random strings, which have no context to tell
+look-alikes apart, draw a character only in fonts whose glyph for it differs from every other
+character's (DejaVu Sans draws ``l`` and ``I`` alike). Size, letter spacing, baseline, ink and paper tone
 and light noise vary per sample. Training lines are rendered afresh every epoch, in
 DataLoader worker processes; the val and test splits are rendered once from their own seeds,
 so with the same fonts they are the same on every machine. Images go through crnnfw's one
@@ -12,6 +14,7 @@ preprocessing, as files read by the ``lines`` dataset do.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import string
@@ -85,16 +88,40 @@ def coverage(font: ImageFont.FreeTypeFont, chars: str) -> set[str]:
     return covered
 
 
-def _drawn(font: ImageFont.FreeTypeFont, char: str) -> bytes:
-    image = Image.new("L", (3 * PROBE_SIZE, 2 * PROBE_SIZE), 0)
-    ImageDraw.Draw(image).text((PROBE_SIZE // 2, 4), char, fill=255, font=font)
+def _drawn(font: ImageFont.FreeTypeFont, char: str, size: int = PROBE_SIZE) -> bytes:
+    image = Image.new("L", (3 * size, 2 * size), 0)
+    ImageDraw.Draw(image).text((size // 2, 4), char, fill=255, font=font)
     return image.tobytes()
+
+
+@functools.lru_cache(maxsize=256)
+def alike(font_file: str, chars: str, sizes: range) -> frozenset[str]:
+    """The characters of ``chars`` that ``font_file`` draws like another of them at some size
+    in ``sizes``: no pixel differs by half the ink's peak or more (a thin font's hairlines are
+    faint, so the peak is each pair's own), and no reader can tell which was meant.
+
+    Every size is checked, since hinting makes a pair alike at some sizes only. Pairs are first
+    screened by pixels that are clear ink in one glyph and clear paper in the other (one matrix
+    product per size); the few left are compared exactly.
+    """
+    chars = "".join(sorted(set(chars) - {" "}))
+    found: set[str] = set()
+    for size in sizes if len(chars) > 1 else ():
+        font = ImageFont.truetype(font_file, size) if font_file else ImageFont.load_default(size=size)
+        glyphs = np.stack([np.frombuffer(_drawn(font, c, size), dtype=np.uint8) for c in chars]).astype(np.int16)
+        peak = glyphs.max(axis=1, keepdims=True)
+        clash = (glyphs >= 0.75 * peak).astype(np.float32) @ (glyphs < 0.25 * peak).astype(np.float32).T
+        for i, j in zip(*np.nonzero(np.triu(clash + clash.T == 0, 1))):
+            if np.abs(glyphs[i] - glyphs[j]).max() < 0.5 * max(peak[i, 0], peak[j, 0]):
+                found |= {chars[i], chars[j]}
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
 class Font:
     source: str  # file path, or "" for Pillow's built-in font
-    covers: frozenset
+    covers: frozenset  # characters it has a glyph for
+    distinct: frozenset  # of those, the ones random strings may be drawn with (see alike)
 
     def at(self, size: int) -> ImageFont.FreeTypeFont:
         return ImageFont.truetype(self.source, size) if self.source else ImageFont.load_default(size=size)
@@ -110,10 +137,11 @@ def usable_fonts(config: PrintedConfig) -> tuple[list[Font], str]:
         except OSError:
             continue  # not a font Pillow can read
         if covers - {" "}:
-            fonts.append(Font(str(path), frozenset(covers)))
+            fonts.append(Font(str(path), frozenset(covers), frozenset(covers)))
     if fonts:
         return fonts, f"printed: {len(fonts)} fonts from {config.fonts or 'the system font folders'}"
-    builtin = Font("", frozenset(coverage(ImageFont.load_default(size=PROBE_SIZE), chars)))
+    drawn = frozenset(coverage(ImageFont.load_default(size=PROBE_SIZE), chars))
+    builtin = Font("", drawn, drawn)
     where = config.fonts or "the system font folders (" + ", ".join(FONT_FOLDERS[:2]) + ")"
     return [builtin], f"printed: no usable fonts in {where}; using Pillow's built-in font only (set data.fonts to a folder of .ttf files)"
 
@@ -136,7 +164,8 @@ class Renderer:
         """A uint8 ``(1, height, W)`` image, light ink on dark (the model's polarity), and its text."""
         rng = random.Random(seed * 1_000_003 + index)
         text = self.text(rng)
-        fonts = [f for f in self.fonts if set(text) <= f.covers]  # never empty: the factory keeps only drawable texts
+        drawable = [f for f in self.fonts if set(text) <= f.covers]  # never empty: the factory keeps only drawable texts
+        fonts = [f for f in drawable if set(text) <= f.distinct] or drawable
         font = rng.choice(fonts).at(rng.randint(self.config.font_size_min, self.config.font_size_max))
         spacing = [rng.randint(0, self.config.spacing_max) for _ in text]
         advances = [font.getlength(c) + s for c, s in zip(text, spacing)]
@@ -223,7 +252,29 @@ def printed_data(config: PrintedConfig) -> crnnfw.DataModule:
             raise crnnfw.DataError(
                 f"data.charset: no font has a glyph for every character ({note.split(': ', 1)[1]}); set data.fonts to a folder of fonts that do, or leave the missing characters out of data.charset"
             )
+        fonts, distinct_note = _distinct(fonts, config)
+        notes += distinct_note
     return rendered_data(Renderer(config, fonts, texts), "".join(sorted(wanted)), notes)
+
+
+def _distinct(fonts: list[Font], config: PrintedConfig) -> tuple[list[Font], list[str]]:
+    """``fonts`` with what each draws distinctly, and notes saying which look-alikes go where.
+
+    A character drawn like another in a font is drawn with the other fonts; one that every
+    font draws like another stays drawable everywhere, and the note says so.
+    """
+    sizes = range(config.font_size_min, config.font_size_max + 1)
+    lookalikes = [alike(f.source, config.charset, sizes) for f in fonts]
+    everywhere = frozenset.intersection(*lookalikes)
+    notes = []
+    for chars in sorted({frozenset(a - everywhere) for a in lookalikes} - {frozenset()}, key=sorted):
+        names = [Path(f.source).name or "Pillow's built-in font" for f, a in zip(fonts, lookalikes) if a - everywhere == chars]
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        notes.append(f"printed: {len(names)} of {len(fonts)} fonts draw {' '.join(sorted(chars))} like another character ({listed}): lines holding them use the other fonts")
+    if everywhere:
+        chars = " ".join(sorted(everywhere))
+        notes.append(f"printed: every font draws {chars} like another character: no reader can tell them apart in random strings; add fonts (data.fonts) or leave them out of data.charset")
+    return [Font(f.source, f.covers, f.covers - (a - everywhere)) for f, a in zip(fonts, lookalikes)], notes
 
 
 def rendered_data(renderer: Any, classes: str, notes: list[str]) -> crnnfw.DataModule:

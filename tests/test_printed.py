@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from PIL import ImageFont
+from PIL import ImageDraw, ImageFont
 
 from crnnfw import DataError, config
 from crnnfw.datasets import build_data
 from crnnfw.plugins import get_registry
-from crnnfw_plugins.printed import PrintedConfig, coverage, printed_data
+from crnnfw_plugins.printed import PrintedConfig, alike, coverage, printed_data
+
+from pathlib import Path
 
 from .conftest import ROOT
 from .test_lines import labelled, tsv
 
 LINES_CONFIG = ROOT / "configs" / "lines_ctc.yaml"
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
 SMALL = ["data.name=printed", "data.train_size=64", "data.val_size=16", "data.test_size=24", "data.workers=1"]
 DIGEST = """
 import hashlib
@@ -86,3 +90,33 @@ def test_render_writes_samples_without_training_augmentation(tmp_path, cli):
     assert (tmp_path / "plain" / "labels.txt").read_text() == (tmp_path / "augmented" / "labels.txt").read_text()
     for name in sorted((tmp_path / "plain" / "images").iterdir()):
         assert name.read_bytes() == (tmp_path / "augmented" / "images" / name.name).read_bytes()
+
+
+@pytest.mark.skipif(not (DEJAVU / "DejaVuSans.ttf").is_file(), reason="needs the DejaVu fonts (Debian's fonts-dejavu-core)")
+def test_random_strings_draw_lookalikes_only_in_fonts_that_tell_them_apart(tmp_path, monkeypatch):
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    for name in ("DejaVuSans.ttf", "DejaVuSansMono.ttf"):
+        shutil.copy(DEJAVU / name, fonts / name)
+    sizes = range(18, 31)
+    assert alike(str(fonts / "DejaVuSans.ttf"), "lIxo1", sizes) == {"l", "I"}  # two plain bars, under a pixel apart
+    assert alike(str(fonts / "DejaVuSansMono.ttf"), "lIxo1", sizes) == set()
+
+    drawn: list[tuple[str, str]] = []  # (character, font file) of every character drawn on a line
+    real = ImageDraw.ImageDraw.text
+
+    def spy(self, xy, text, fill=None, font=None, *args, **kwargs):
+        if fill != 255:  # the glyph probes draw at full ink; lines never do
+            drawn.append((text, Path(font.path).name))
+        return real(self, xy, text, fill, font, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", spy)
+    data = printed_data(PrintedConfig(charset="lIxo", fonts=str(fonts), train_size=4, val_size=4, test_size=80))
+    assert any("1 of 2 fonts draw I l like another character (DejaVuSans.ttf)" in note for note in data.notes), data.notes
+    assert {font for char, font in drawn if char in "lI"} == {"DejaVuSansMono.ttf"}
+    assert "DejaVuSans.ttf" in {font for _, font in drawn}  # still drawing the lines without l or I
+
+    (fonts / "DejaVuSansMono.ttf").unlink()
+    data = printed_data(PrintedConfig(charset="lIxo", fonts=str(fonts), train_size=4, val_size=4, test_size=8))
+    assert any("every font draws I l like another character" in note for note in data.notes), data.notes
+    assert len(data.test) == 8
