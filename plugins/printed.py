@@ -106,8 +106,10 @@ def alike(font_file: str, chars: str, sizes: range) -> frozenset[str]:
     """
     chars = "".join(sorted(set(chars) - {" "}))
     found: set[str] = set()
-    for size in sizes if len(chars) > 1 else ():
-        font = ImageFont.truetype(font_file, size) if font_file else ImageFont.load_default(size=size)
+    if len(chars) < 2:
+        return frozenset()
+    for size in sizes:
+        font = _open(font_file, size)
         glyphs = np.stack([np.frombuffer(_drawn(font, c, size), dtype=np.uint8) for c in chars]).astype(np.int16)
         peak = glyphs.max(axis=1, keepdims=True)
         clash = (glyphs >= 0.75 * peak).astype(np.float32) @ (glyphs < 0.25 * peak).astype(np.float32).T
@@ -124,7 +126,12 @@ class Font:
     distinct: frozenset  # of those, the ones random strings may be drawn with (see alike)
 
     def at(self, size: int) -> ImageFont.FreeTypeFont:
-        return ImageFont.truetype(self.source, size) if self.source else ImageFont.load_default(size=size)
+        return _open(self.source, size)
+
+
+def _open(source: str, size: int) -> ImageFont.FreeTypeFont:
+    """The font file ``source`` at ``size`` px ("": Pillow's built-in font)."""
+    return ImageFont.truetype(source, size) if source else ImageFont.load_default(size=size)
 
 
 def usable_fonts(config: PrintedConfig) -> tuple[list[Font], str]:
@@ -133,14 +140,14 @@ def usable_fonts(config: PrintedConfig) -> tuple[list[Font], str]:
     fonts = []
     for path in font_files(config.fonts):
         try:
-            covers = coverage(ImageFont.truetype(str(path), PROBE_SIZE), chars)
+            covers = coverage(_open(str(path), PROBE_SIZE), chars)
         except OSError:
             continue  # not a font Pillow can read
         if covers - {" "}:
             fonts.append(Font(str(path), frozenset(covers), frozenset(covers)))
     if fonts:
         return fonts, f"printed: {len(fonts)} fonts from {config.fonts or 'the system font folders'}"
-    drawn = frozenset(coverage(ImageFont.load_default(size=PROBE_SIZE), chars))
+    drawn = frozenset(coverage(_open("", PROBE_SIZE), chars))
     builtin = Font("", drawn, drawn)
     where = config.fonts or "the system font folders (" + ", ".join(FONT_FOLDERS[:2]) + ")"
     return [builtin], f"printed: no usable fonts in {where}; using Pillow's built-in font only (set data.fonts to a folder of .ttf files)"

@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +16,6 @@ from crnnfw import DataError, config
 from crnnfw.datasets import build_data
 from crnnfw.plugins import get_registry
 from crnnfw_plugins.printed import PrintedConfig, alike, coverage, printed_data
-
-from pathlib import Path
 
 from .conftest import ROOT
 from .test_lines import labelled, tsv
