@@ -5,8 +5,9 @@ Text comes from random strings over ``charset`` or from the lines of ``text_file
 run's notes). A font is used for a text only when it has a glyph for every character, so no
 character is ever drawn as an empty box; and random strings, which have no context to tell
 look-alikes apart, draw a character only in fonts whose glyph for it differs from every other
-character's (DejaVu Sans draws ``l`` and ``I`` alike). Size, letter spacing, baseline, ink and paper tone
-and light noise vary per sample. Training lines are rendered afresh every epoch, in
+character's, in that font and in the others (DejaVu Sans draws ``l`` and ``I`` alike, and ``0`` as
+DejaVu Sans Mono draws ``O``). Size, letter spacing, baseline, ink and paper tone and light noise
+vary per sample. Training lines are rendered afresh every epoch, in
 DataLoader worker processes; the val and test splits are rendered once from their own seeds,
 so with the same fonts they are the same on every machine. Images go through crnnfw's one
 preprocessing, as files read by the ``lines`` dataset do.
@@ -46,7 +47,7 @@ class PrintedConfig:
     height: int = 32
     font_size_min: int = 18  # px, before scaling to the height
     font_size_max: int = 30
-    spacing_max: int = 2  # extra px between letters, 0 to this
+    spacing_max: int = 2  # extra px between letters, 0 to this, one value per line
     noise: float = 0.04  # standard deviation of Gaussian pixel noise (0 to 1 scale)
     train_size: int = 20000  # lines rendered afresh every epoch
     val_size: int = 1000
@@ -88,35 +89,66 @@ def coverage(font: ImageFont.FreeTypeFont, chars: str) -> set[str]:
     return covered
 
 
-def _drawn(font: ImageFont.FreeTypeFont, char: str, size: int = PROBE_SIZE) -> bytes:
-    image = Image.new("L", (3 * size, 2 * size), 0)
-    ImageDraw.Draw(image).text((size // 2, 4), char, fill=255, font=font)
+def _drawn(font: ImageFont.FreeTypeFont, char: str) -> bytes:
+    image = Image.new("L", (3 * PROBE_SIZE, 2 * PROBE_SIZE), 0)
+    ImageDraw.Draw(image).text((PROBE_SIZE // 2, 4), char, fill=255, font=font)
     return image.tobytes()
 
 
-@functools.lru_cache(maxsize=256)
-def alike(font_file: str, chars: str, sizes: range) -> frozenset[str]:
-    """The characters of ``chars`` that ``font_file`` draws like another of them at some size
-    in ``sizes``: no pixel differs by half the ink's peak or more (a thin font's hairlines are
-    faint, so the peak is each pair's own), and no reader can tell which was meant.
+@functools.lru_cache(maxsize=16)
+def lookalikes(font_files: tuple[str, ...], chars: str, sizes: range) -> tuple[frozenset[str], ...]:
+    """For each of ``font_files``, the characters of ``chars`` that random strings must not be
+    drawn with in it, because no reader could tell which was meant.
 
-    Every size is checked, since hinting makes a pair alike at some sizes only. Pairs are first
-    screened by pixels that are clear ink in one glyph and clear paper in the other (one matrix
-    product per size); the few left are compared exactly.
+    Glyphs are compared on a shared baseline from their left ink, at every size in ``sizes``
+    (hinting makes a pair alike at some sizes only). Two characters of one font are alike when
+    no pixel differs by half the pair's peak ink or more (a thin font's hairlines are faint, so
+    the peak is each pair's own), and both leave that font (DejaVu Sans's ``l`` and ``I``). Across
+    fonts a line shows only some of its font and the scale varies, so the bound is 0.6 of the peak,
+    and of the two glyphs the one least like its own character in the other fonts leaves (DejaVu
+    Sans Mono's ``O`` is the narrow oval the other DejaVu Sans fonts draw for ``0``).
+    Pairs are screened with one matrix product per size (clear ink against clear paper); the
+    few left are compared exactly.
     """
     chars = "".join(sorted(set(chars) - {" "}))
-    found: set[str] = set()
-    if len(chars) < 2:
-        return frozenset()
+    nodes = [(f, c) for f in range(len(font_files)) for c in chars]
+    out: set[tuple[int, str]] = set()  # (font, character) pairs alike within a font
+    across: set[tuple[int, int]] = set()  # node index pairs alike across fonts
+    atypical = np.zeros(len(nodes))  # how unlike its character's mean glyph each glyph is, summed over sizes
     for size in sizes:
-        font = _open(font_file, size)
-        glyphs = np.stack([np.frombuffer(_drawn(font, c, size), dtype=np.uint8) for c in chars]).astype(np.int16)
+        glyphs = _glyphs([_open(path, size) for path in font_files], chars, size)
         peak = glyphs.max(axis=1, keepdims=True)
-        clash = (glyphs >= 0.75 * peak).astype(np.float32) @ (glyphs < 0.25 * peak).astype(np.float32).T
+        shape = (glyphs / np.maximum(peak, 1)).reshape(len(font_files), len(chars), -1)
+        atypical += np.abs(shape - shape.mean(axis=0)).mean(axis=2).ravel()
+        ink, paper = (glyphs >= 0.8 * peak).astype(np.float32), (glyphs < 0.2 * peak).astype(np.float32)
+        clash = ink @ paper.T
         for i, j in zip(*np.nonzero(np.triu(clash + clash.T == 0, 1))):
-            if np.abs(glyphs[i] - glyphs[j]).max() < 0.5 * max(peak[i, 0], peak[j, 0]):
-                found |= {chars[i], chars[j]}
-    return frozenset(found)
+            (fi, ci), (fj, cj) = nodes[i], nodes[j]
+            if ci != cj and np.abs(glyphs[i] - glyphs[j]).max() < (0.5 if fi == fj else 0.6) * max(peak[i, 0], peak[j, 0]):
+                if fi == fj:
+                    out |= {nodes[i], nodes[j]}
+                else:
+                    across.add((i, j))
+    for i, j in sorted(across):
+        if not {nodes[i], nodes[j]} & out:
+            out.add(nodes[i] if atypical[i] >= atypical[j] else nodes[j])
+    return tuple(frozenset(c for g, c in out if g == f) for f in range(len(font_files)))
+
+
+def _glyphs(fonts: list[ImageFont.FreeTypeFont], chars: str, size: int) -> np.ndarray:
+    """Every character in every font as one row: on a shared baseline, cut at its left ink."""
+    frames = []
+    for font in fonts:
+        for char in chars:
+            image = Image.new("L", (3 * size, 3 * size), 0)
+            ImageDraw.Draw(image).text((size, 2 * size), char, fill=255, font=font, anchor="ls")
+            frame = np.asarray(image)
+            inked = np.nonzero(frame.max(axis=0))[0]
+            frames.append(frame[:, inked[0] :] if len(inked) else frame)
+    width = max(frame.shape[1] for frame in frames)
+    stack = np.stack([np.pad(frame, ((0, 0), (0, width - frame.shape[1]))) for frame in frames])
+    stack = stack[:, stack.max(axis=(0, 2)) > 0]  # the rows some glyph inks
+    return stack.reshape(len(frames), -1).astype(np.int16)
 
 
 @dataclass(frozen=True)
@@ -172,10 +204,11 @@ class Renderer:
         rng = random.Random(seed * 1_000_003 + index)
         text = self.text(rng)
         drawable = [f for f in self.fonts if set(text) <= f.covers]  # never empty: the factory keeps only drawable texts
-        fonts = [f for f in drawable if set(text) <= f.distinct] or drawable
+        unclear = [len(set(text) - f.distinct) for f in drawable]  # look-alikes it would draw: the fewest
+        fonts = [f for f, n in zip(drawable, unclear) if n == min(unclear)]
         font = rng.choice(fonts).at(rng.randint(self.config.font_size_min, self.config.font_size_max))
-        spacing = [rng.randint(0, self.config.spacing_max) for _ in text]
-        advances = [font.getlength(c) + s for c, s in zip(text, spacing)]
+        spacing = rng.randint(0, self.config.spacing_max)  # one tracking per line, as type is set: a gap wider than it is a space
+        advances = [font.getlength(c) + spacing for c in text]
         ascent, descent = font.getmetrics()
         pad = rng.randint(2, 8)
         width = int(sum(advances)) + 2 * pad
@@ -267,21 +300,21 @@ def printed_data(config: PrintedConfig) -> crnnfw.DataModule:
 def _distinct(fonts: list[Font], config: PrintedConfig) -> tuple[list[Font], list[str]]:
     """``fonts`` with what each draws distinctly, and notes saying which look-alikes go where.
 
-    A character drawn like another in a font is drawn with the other fonts; one that every
-    font draws like another stays drawable everywhere, and the note says so.
+    A character drawn like another (see lookalikes) is drawn with the other fonts; one that
+    every font draws like another stays drawable everywhere, and the note says so.
     """
     sizes = range(config.font_size_min, config.font_size_max + 1)
-    lookalikes = [alike(f.source, config.charset, sizes) for f in fonts]
-    everywhere = frozenset.intersection(*lookalikes)
+    left_out = lookalikes(tuple(f.source for f in fonts), config.charset, sizes)
+    everywhere = frozenset.intersection(*left_out)
     notes = []
-    for chars in sorted({frozenset(a - everywhere) for a in lookalikes} - {frozenset()}, key=sorted):
-        names = [Path(f.source).name or "Pillow's built-in font" for f, a in zip(fonts, lookalikes) if a - everywhere == chars]
+    for chars in sorted({frozenset(a - everywhere) for a in left_out} - {frozenset()}, key=sorted):
+        names = [Path(f.source).name or "Pillow's built-in font" for f, a in zip(fonts, left_out) if a - everywhere == chars]
         listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         notes.append(f"printed: {len(names)} of {len(fonts)} fonts draw {' '.join(sorted(chars))} like another character ({listed}): lines holding them use the other fonts")
     if everywhere:
         chars = " ".join(sorted(everywhere))
         notes.append(f"printed: every font draws {chars} like another character: no reader can tell them apart in random strings; add fonts (data.fonts) or leave them out of data.charset")
-    return [Font(f.source, f.covers, f.covers - (a - everywhere)) for f, a in zip(fonts, lookalikes)], notes
+    return [Font(f.source, f.covers, f.covers - (a - everywhere)) for f, a in zip(fonts, left_out)], notes
 
 
 def rendered_data(renderer: Any, classes: str, notes: list[str]) -> crnnfw.DataModule:

@@ -15,7 +15,7 @@ from PIL import ImageDraw, ImageFont
 from crnnfw import DataError, config
 from crnnfw.datasets import build_data
 from crnnfw.plugins import get_registry
-from crnnfw_plugins.printed import PrintedConfig, alike, coverage, printed_data
+from crnnfw_plugins.printed import PrintedConfig, coverage, lookalikes, printed_data
 
 from .conftest import ROOT
 from .test_lines import labelled, tsv
@@ -97,9 +97,11 @@ def test_random_strings_draw_lookalikes_only_in_fonts_that_tell_them_apart(tmp_p
     fonts.mkdir()
     for name in ("DejaVuSans.ttf", "DejaVuSansMono.ttf"):
         shutil.copy(DEJAVU / name, fonts / name)
+    sans, mono = str(fonts / "DejaVuSans.ttf"), str(fonts / "DejaVuSansMono.ttf")
     sizes = range(18, 31)
-    assert alike(str(fonts / "DejaVuSans.ttf"), "lIxo1", sizes) == {"l", "I"}  # two plain bars, under a pixel apart
-    assert alike(str(fonts / "DejaVuSansMono.ttf"), "lIxo1", sizes) == set()
+    # Sans: l and I are two plain bars under a pixel apart; Mono's O is the narrow oval Sans draws for 0
+    assert lookalikes((sans, mono), "lIxo1O0", sizes) == ({"l", "I"}, {"O"})
+    assert lookalikes((mono,), "lIxo1O0", sizes) == (set(),)
 
     drawn: list[tuple[str, str]] = []  # (character, font file) of every character drawn on a line
     real = ImageDraw.ImageDraw.text
@@ -114,6 +116,12 @@ def test_random_strings_draw_lookalikes_only_in_fonts_that_tell_them_apart(tmp_p
     assert any("1 of 2 fonts draw I l like another character (DejaVuSans.ttf)" in note for note in data.notes), data.notes
     assert {font for char, font in drawn if char in "lI"} == {"DejaVuSansMono.ttf"}
     assert "DejaVuSans.ttf" in {font for _, font in drawn}  # still drawing the lines without l or I
+
+    drawn.clear()
+    data = printed_data(PrintedConfig(charset="xoO0", fonts=str(fonts), train_size=4, val_size=4, test_size=80))
+    assert any("1 of 2 fonts draw O like another character (DejaVuSansMono.ttf)" in note for note in data.notes), data.notes
+    assert {font for char, font in drawn if char == "O"} == {"DejaVuSans.ttf"}
+    assert {font for char, font in drawn if char == "0"} == {"DejaVuSans.ttf", "DejaVuSansMono.ttf"}
 
     (fonts / "DejaVuSansMono.ttf").unlink()
     data = printed_data(PrintedConfig(charset="lIxo", fonts=str(fonts), train_size=4, val_size=4, test_size=8))
