@@ -107,7 +107,7 @@ def lookalikes(font_files: tuple[str, ...], chars: str, sizes: range) -> tuple[f
     fonts a line shows only some of its font and the scale varies, so the bound is 0.6 of the peak,
     and of the two glyphs the one least like its own character in the other fonts leaves (DejaVu
     Sans Mono's ``O`` is the narrow oval the other DejaVu Sans fonts draw for ``0``).
-    Pairs are screened with one matrix product per size (clear ink against clear paper); the
+    Pairs are screened with matrix products per size (clear ink against clear paper); the
     few left are compared exactly.
     """
     chars = "".join(sorted(set(chars) - {" "}))
@@ -157,17 +157,17 @@ def _unclashing(ink: np.ndarray, paper: np.ndarray, labels: np.ndarray, block: i
     paper = np.pad(paper, cells, constant_values=True).reshape(n, -1, 2, (width + 1) // 2, 2).all(axis=(2, 4)).reshape(n, -1).astype(np.float32)
     for start in range(0, n, block):
         rows = np.arange(start, min(start + block, n))
-        clash = ink[rows] @ paper.T + paper[rows] @ ink.T
-        keep = (clash == 0) & (labels[rows, None] != labels[None, :]) & (rows[:, None] < np.arange(n)[None, :])
+        clash = ink[rows] @ paper[start:].T + paper[rows] @ ink[start:].T  # columns before the block were its rows earlier
+        keep = (clash == 0) & (labels[rows, None] != labels[None, start:]) & (rows[:, None] < np.arange(start, n)[None, :])
         for i, j in zip(*np.nonzero(keep)):
-            yield int(rows[i]), int(j)
+            yield int(rows[i]), start + int(j)
 
 
 @dataclass(frozen=True)
 class Font:
     source: str  # file path, or "" for Pillow's built-in font
     covers: frozenset  # characters it has a glyph for
-    distinct: frozenset  # of those, the ones random strings may be drawn with (see alike)
+    distinct: frozenset  # of those, the ones random strings may be drawn with (see lookalikes)
 
     def at(self, size: int) -> ImageFont.FreeTypeFont:
         return _open(self.source, size)
@@ -217,7 +217,8 @@ class Renderer:
         text = self.text(rng)
         drawable = [f for f in self.fonts if set(text) <= f.covers]  # never empty: the factory keeps only drawable texts
         unclear = [len(set(text) - f.distinct) for f in drawable]  # look-alikes it would draw: the fewest
-        fonts = [f for f, n in zip(drawable, unclear) if n == min(unclear)]
+        fewest = min(unclear)
+        fonts = [f for f, n in zip(drawable, unclear) if n == fewest]
         font = rng.choice(fonts).at(rng.randint(self.config.font_size_min, self.config.font_size_max))
         spacing = rng.randint(0, self.config.spacing_max)  # one tracking per line, as type is set: a gap wider than it is a space
         advances = [font.getlength(c) + spacing for c in text]
