@@ -27,7 +27,7 @@ from .callbacks import Callback, FitState
 from .data import BatchTransform, DataModule, PackedSplit, Split, TensorSplit
 from .errors import CheckpointError, ConfigError, CrnnfwError, DataError, DataProblems, ExportError, ImageError, ModelError, PluginError, Problem, TrainingError
 from .hookspecs import hookimpl
-from .metrics import SequenceScores, edit_distance
+from .metrics import SequenceScores, edit_distance, edit_operations
 from .model import collapse_height
 from .stages import Backbone, Decoded, Head, Metrics, SequenceEncoder, length_mask, mask_padding, masks_needed, unpadded
 from .version import __version__
@@ -73,6 +73,7 @@ __all__ = [
     "collapse_height",
     "build",
     "edit_distance",
+    "edit_operations",
     "hookimpl",
     "length_mask",
     "load",

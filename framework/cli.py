@@ -81,6 +81,8 @@ def _rows_table(title: str, rows: list[dict]) -> Table:
 def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, str) and (value == "" or value.strip() != value):
+        return escape(repr(value))  # a space, or nothing, would be an invisible cell
     return escape(str(value))
 
 

@@ -13,7 +13,7 @@ import crnnfw
 
 from crnnfw import ModelError, config
 from crnnfw.datasets import build_data
-from crnnfw.metrics import SequenceScores, edit_distance
+from crnnfw.metrics import SequenceScores, edit_distance, edit_operations
 from crnnfw.model import build_model
 from crnnfw.plugins import get_registry
 from crnnfw_plugins.ctc import beam_decode, greedy_decode
@@ -155,6 +155,13 @@ def test_sequence_metrics():
     assert out["cer"] == pytest.approx(2 / 7)
     assert out["ned"] == pytest.approx((0 + 1 / 3 + 1) / 3)
     assert out["accuracy_len3"] == pytest.approx(0.5) and out["accuracy_len1"] == 0.0
+    assert edit_operations("AOC", "A0C") == [("O", "0")] and edit_operations("12345", "1245") == [("3", "")]
+    assert edit_operations("abc", "acb") in ([("b", "c"), ("c", "b")], [("", "c"), ("c", "")]) and edit_operations("", "12") == [("", "1"), ("", "2")]
+    scores.add(["A0C", "A0", "B0"], ["AOC", "AOJ", "BO"])
+    assert scores.errors()[0] == {"truth": "O", "read": "0", "count": 3}  # a look-alike pair shows at the top
+    assert edit_operations("AOJ", "A0") == [("O", "0"), ("J", "")] and edit_operations("A0", "AOJ") == [("0", "O"), ("", "J")]
+    assert {"truth": "J", "read": "", "count": 1} in scores.errors() and {"truth": "6", "read": "", "count": 1} in scores.errors()
+    assert sum(row["count"] for row in scores.errors()) == scores.edits
 
 
 def test_short_ctc_training_run(tmp_path, cli):
