@@ -51,7 +51,7 @@ class SequenceScores:
     - ``accuracy_len{n}``: exact-match accuracy of references with ``n`` characters.
 
     :meth:`per_length` gives the same breakdown with counts and CER, as table rows, and
-    :meth:`errors` the most frequent character errors (``O`` read as ``0``, a lost ``J``), which
+    :meth:`char_errors` the most frequent character errors (``O`` read as ``0``, a lost ``J``), which
     show look-alikes the data cannot tell apart and characters the model keeps missing.
     """
 
@@ -94,7 +94,7 @@ class SequenceScores:
         """One row per reference length: how many, exact-match accuracy and CER."""
         return [{"length": length, "count": total, "accuracy": right / total, "cer": edits / (length * total) if length else 0.0} for length, (right, total, edits) in sorted(self.by_length.items())]
 
-    def errors(self, top: int = 20) -> list[dict[str, str | int]]:
+    def char_errors(self, top: int = 20) -> list[dict[str, str | int]]:
         """The ``top`` most frequent character errors, as rows: ``truth`` read as ``read``
         (``""`` for a lost or an added character) ``count`` times, most frequent first."""
         return [{"truth": truth, "read": read, "count": count} for (truth, read), count in self.edit_counts.most_common(top)]

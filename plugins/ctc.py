@@ -58,7 +58,7 @@ class SequenceMetrics(crnnfw.Metrics):
         return "  accuracy by length  " + "  ".join(parts) if parts else ""
 
     def report(self) -> dict[str, list[dict[str, float | int]]]:
-        return {"per_length": self.scores.per_length(), "errors": self.scores.errors()}
+        return {"per_length": self.scores.per_length(), "char_errors": self.scores.char_errors()}
 
 
 class CTCHead(crnnfw.Head):

@@ -158,10 +158,10 @@ def test_sequence_metrics():
     assert edit_operations("AOC", "A0C") == [("O", "0")] and edit_operations("12345", "1245") == [("3", "")]
     assert edit_operations("abc", "acb") in ([("b", "c"), ("c", "b")], [("", "c"), ("c", "")]) and edit_operations("", "12") == [("", "1"), ("", "2")]
     scores.add(["A0C", "A0", "B0"], ["AOC", "AOJ", "BO"])
-    assert scores.errors()[0] == {"truth": "O", "read": "0", "count": 3}  # a look-alike pair shows at the top
+    assert scores.char_errors()[0] == {"truth": "O", "read": "0", "count": 3}  # a look-alike pair shows at the top
     assert edit_operations("AOJ", "A0") == [("O", "0"), ("J", "")] and edit_operations("A0", "AOJ") == [("0", "O"), ("", "J")]
-    assert {"truth": "J", "read": "", "count": 1} in scores.errors() and {"truth": "6", "read": "", "count": 1} in scores.errors()
-    assert sum(row["count"] for row in scores.errors()) == scores.edits
+    assert {"truth": "J", "read": "", "count": 1} in scores.char_errors() and {"truth": "6", "read": "", "count": 1} in scores.char_errors()
+    assert sum(row["count"] for row in scores.char_errors()) == scores.edits
 
 
 def test_short_ctc_training_run(tmp_path, cli):

@@ -57,7 +57,7 @@ def test_eval_of_a_sequence_model_breaks_down_by_length(tmp_path, cli):
     lengths = payload["report"]["per_length"]
     assert sum(r["count"] for r in lengths) == 200 and [r["length"] for r in lengths] == sorted(r["length"] for r in lengths)
     assert payload["confusion"] is None and {"accuracy", "cer", "ned", "loss"} <= set(payload["scores"])
-    errors = payload["report"]["errors"]  # the most frequent character errors, most frequent first
+    errors = payload["report"]["char_errors"]  # the most frequent character errors, most frequent first
     counts = [row["count"] for row in errors]
     assert errors and counts == sorted(counts, reverse=True) and all(row["truth"] != row["read"] for row in errors)
     assert sum(counts) <= round(payload["scores"]["cer"] * sum(r["count"] * r["length"] for r in lengths))
