@@ -27,7 +27,7 @@ class FitState:
     model: torch.nn.Module
     monitor: str  # the val metric that decides the best epoch, e.g. "accuracy"
     higher_is_better: bool
-    epochs: int
+    epochs: int  # trainer.epochs: the most the run trains (max_steps, max_minutes or a stop may end it sooner)
     epoch: int = 0
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -50,6 +50,7 @@ class Record(Model, total=False):
     step: int  # optimizer steps taken
     best: dict[str, Any]  # the best val metric so far: value, epoch, test scores then
     train_seconds: float
+    planned_steps: int | None  # the steps the run will take (fewer than its epochs allow when planned to trainer.max_minutes)
     history: list[dict[str, Any]]  # metrics.jsonl's rows: the checkpoint is the run's record
     components: dict[str, dict[str, str]]  # per stage: component, plugin, distribution, version
     crnnfw_version: str

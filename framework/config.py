@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
+import math
 import os
 import re
 import stat
@@ -65,6 +66,7 @@ class TrainerConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     max_steps: int = 0  # stop after this many optimizer steps in all (0: no limit)
+    max_minutes: float = 0.0  # plan the run to about this many minutes of training (0: off); epochs and max_steps stay the upper bound
     val_fraction: float = 0.1  # share of train held out (seeded) as the val split, for datasets that have none
     grad_clip: float = 0.0  # max gradient norm (0: off)
     precision: str = "auto"  # auto (bf16-mixed where bf16 is native, else 16-mixed on a GPU, 32-true on a CPU) | 32-true | bf16-mixed | 16-mixed (GPU)
@@ -230,6 +232,8 @@ def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -
 
 
 def _check_positive(value: float, key: str, source: str, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{source}: {key}: must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{source}: {key}: must be {bound}, got {value}")
@@ -316,7 +320,7 @@ def _resolve(cfg: DictConfig, registry: Registry, source: str) -> DictConfig:
     for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
         _check_positive(t[key], f"trainer.{key}", source)
     _check_positive(t.optimizer.lr, "trainer.optimizer.lr", source)
-    for key in ("max_steps", "grad_clip", "num_threads"):
+    for key in ("max_steps", "max_minutes", "grad_clip", "num_threads"):
         _check_positive(t[key], f"trainer.{key}", source, allow_zero=True)
     try:
         checkpoint_interval(t.checkpoint_every, distributed_run=False)

@@ -14,10 +14,11 @@ from .plugins import get_host
 
 #: Options a resumed run may change: they do not alter what an uninterrupted run computes
 #: (speed options such as ``compile`` may change the last bits of floating-point results),
-#: except ``epochs`` (train on) and ``max_steps``; ``name`` and ``output_dir`` locate ``--resume last``.
+#: except ``epochs`` (train on), ``max_steps`` and ``max_minutes``; ``name`` and ``output_dir`` locate ``--resume last``.
 RESUMABLE = (
     "trainer.epochs",
     "trainer.max_steps",
+    "trainer.max_minutes",
     "trainer.log_every",
     "trainer.num_threads",
     "trainer.device",

@@ -36,6 +36,11 @@ from .stages import Metrics
 from .version import __version__
 
 
+#: trainer.max_minutes: a fresh run's pace is measured over this many steps (or a tenth of an
+#: epoch, if more), after as many more at its start.
+PROBE_STEPS = 20
+
+
 @dataclass
 class FitResult:
     """Where the run went and how it ended."""
@@ -133,10 +138,10 @@ class _Loop:
     model: torch.nn.Module
     net: torch.nn.Module  # the model as trained: under DDP and torch.compile where asked
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
-    total_steps: int
+    max_total: int  # the step count trainer.epochs and max_steps allow
+    total_steps: int  # the steps this run will take: max_total, or fewer when planned to trainer.max_minutes
     monitor: Metrics
     components: dict[str, dict[str, str]]
     spec: dict[str, Any]
@@ -152,6 +157,8 @@ class _Loop:
     state: FitState | None = None
     callbacks: list[Callback] = field(default_factory=list)
     started: float = 0.0
+    planned: bool = False  # whether total_steps has been fitted to trainer.max_minutes yet
+    scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)  # over total_steps, which a time plan may change
 
 
 @dataclass(frozen=True)
@@ -267,9 +274,8 @@ class Trainer:
         optimizer = build_optimizer(model, t.optimizer)
         steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
         total_steps = t.epochs * steps_per_epoch if not t.max_steps else min(t.max_steps, t.epochs * steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, t.scheduler))
         monitor = model.head.metrics()
-        return _Loop(
+        loop = _Loop(
             cfg=cfg,
             group=group,
             device=device,
@@ -280,9 +286,9 @@ class Trainer:
             model=model,
             net=net,
             optimizer=optimizer,
-            scheduler=scheduler,
             scaler=torch.amp.GradScaler(device.type, enabled=choice.precision == "16-mixed"),
             steps_per_epoch=steps_per_epoch,
+            max_total=total_steps,
             total_steps=total_steps,
             monitor=monitor,
             components=component_versions(cfg),
@@ -290,6 +296,8 @@ class Trainer:
             notes=notes,
             best={"metric": monitor.main, "split": "val", "value": None, "epoch": None, "test": None},
         )
+        loop.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, loop.total_steps, steps_per_epoch, t.scheduler))
+        return loop
 
     def _open_run(self, loop: _Loop, resumed: dict[str, Any] | None, out: Reporter) -> None:
         """The run directory (a new one, or the resumed run's, its training state restored):
@@ -308,9 +316,22 @@ class Trainer:
             loop.history = list(resumed.get("history") or [row for row in read_history(run_dir) if row["epoch"] < loop.first_epoch])
             if group.main:
                 repairs = rundir.repair(run_dir, resumed, loop.history)
+            if t.max_minutes:  # the plan it made, unless the budget changed: then one from its pace so far
+                saved = resumed.get("planned_steps")
+                if isinstance(saved, int) and resumed["config"]["trainer"].get("max_minutes") == t.max_minutes:
+                    loop.total_steps, loop.planned = min(loop.max_total, saved), True
+                elif loop.train_seconds > 0:  # else (killed within its first epoch, before planning) it times its steps again
+                    self._plan(loop, loop.train_seconds / max(loop.step, 1), loop.train_seconds)
             stopped = resumed.get("stopped")
             if (loop.first_epoch > t.epochs or loop.step >= loop.total_steps or stopped) and _summarised(run_dir, loop.step):
-                why = f"stopped ({stopped})" if stopped else f"finished its {t.epochs} epochs; pass trainer.epochs=N (more) to train on"
+                budget = t.max_minutes and loop.total_steps < loop.max_total
+                why = (
+                    f"stopped ({stopped})"
+                    if stopped
+                    else f"used its trainer.max_minutes={t.max_minutes:g}; pass a larger one to train on"
+                    if budget
+                    else f"finished its {t.epochs} epochs; pass trainer.epochs=N (more) to train on"
+                )
                 raise TrainingError(f"{run_dir}: the run already {why}")
         else:
             loop.run_dir = run_dir = rundir.create_run_dir(cfg.output_dir, cfg.name) if group.main else Path(cfg.output_dir)
@@ -326,6 +347,7 @@ class Trainer:
             f"crnnfw {__version__} | run {run_dir} | {loop.device.type} {loop.choice}{workers} | "
             f"{count_parameters(loop.model):,} parameters | train {len(data.train):,} val {len(data.val):,} test {len(data.test):,} | "
             f"{t.epochs} epochs x {loop.steps_per_epoch} steps"
+            + (f" | about {t.max_minutes:g} min of training, planned from the pace of the first steps" if t.max_minutes else "")
             + (f" | resumed after epoch {loop.first_epoch - 1} (step {loop.step})" if resumed and not partial else "")
             + (f" | resumed in epoch {loop.first_epoch} after its batch {partial['batches']} (step {loop.step})" if partial else "")
         )
@@ -358,7 +380,7 @@ class Trainer:
         model.train()
         done = partial["batches"] if partial else 0  # batches of this epoch trained before a mid-epoch checkpoint
         epoch_steps = min(loop.steps_per_epoch, loop.total_steps - (loop.step - done))
-        out.start_epoch(epoch, t.epochs, epoch_steps)
+        out.start_epoch(epoch, min(t.epochs, math.ceil(loop.total_steps / loop.steps_per_epoch)), epoch_steps)
         epoch_start = time.perf_counter() - (partial["seconds"] if partial else 0.0)
         loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
         seen = partial["seen"] if partial else 0
@@ -375,12 +397,25 @@ class Trainer:
             loop.partial = None
         every_steps, every_seconds = checkpoint_interval(t.checkpoint_every, loop.group.enabled)
         last_saved, saved_at = loop.step, time.perf_counter()
+        probe_steps = max(PROBE_STEPS, loop.steps_per_epoch // 10)  # past the start-up of loaders and workers
+        probe_at = done + 2 * probe_steps if t.max_minutes and not loop.planned else 0
+        probe_start = 0.0
         # A split that decodes only this rank's share of each batch (``shards_by_rank``) is not cut again.
         sharded = batches if getattr(loop.data.train, "shards_by_rank", False) else loop.group.shard(batches)
         for i, batch in enumerate(sharded, start=done + 1):
             batch = batch.to(device, non_blocking=True)
             logits, lengths, loss = self._step(loop, batch)
             loop.state.step = loop.step
+            if i == probe_at - probe_steps:
+                probe_start = time.perf_counter()
+            elif i == probe_at:  # the pace after the first steps' start-up costs: fit the steps to the budget
+                pace = max(loop.group.gather((time.perf_counter() - probe_start) / probe_steps))
+                self._plan(loop, pace, loop.train_seconds + time.perf_counter() - epoch_start)
+                epoch_steps = min(epoch_steps, i + loop.total_steps - loop.step)
+                out.info(
+                    f"trainer.max_minutes={t.max_minutes:g}: {pace * 1000:.0f} ms a step, so {loop.total_steps:,} steps "
+                    f"({loop.total_steps / loop.steps_per_epoch:.1f} epochs; {loop.max_total:,} allowed)"
+                )
             self._emit(loop, "on_train_batch_end")
             loss_sum += loss.detach() * len(batch)
             seen += len(batch)
@@ -400,6 +435,8 @@ class Trainer:
                 progress = {"epoch": epoch, "batches": i, "data_rng": epoch_rng, "loss_sum": float(loss_sum), "seen": seen, "seconds": time.perf_counter() - epoch_start}
                 self._save(loop, self._snapshot(loop, epoch - 1, partial=progress), improved=False)
                 last_saved, saved_at = loop.step, time.perf_counter()
+            if i >= epoch_steps:  # the plan left fewer steps than the epoch has
+                break
         out.end_epoch()
         report = getattr(loop.data.train, "epoch_report", None)
         trouble = report() if callable(report) else None
@@ -410,6 +447,8 @@ class Trainer:
             torch.cuda.synchronize(device)  # the epoch's time includes the work still queued on the GPU
         seconds = time.perf_counter() - epoch_start
         loop.train_seconds += seconds
+        if t.max_minutes:  # re-fit to the pace so far, which includes what each epoch costs besides its steps
+            self._plan(loop, max(loop.group.gather(loop.train_seconds / max(loop.step, 1))), max(loop.group.gather(loop.train_seconds)))
         loss, seen = loop.group.mean(loss_sum, seen)
         return _EpochTrained(loss, train_metrics.compute()[loop.monitor.main], seen, seconds)
 
@@ -429,6 +468,19 @@ class Trainer:
         loop.scheduler.step()
         loop.step += 1
         return logits, lengths, loss
+
+    @staticmethod
+    def _plan(loop: _Loop, pace: float, seconds: float) -> None:
+        """Fit the run's steps to ``trainer.max_minutes``: as many as ``pace`` (seconds a step)
+        allows in what is left after ``seconds`` of training, to the nearest whole epoch (no
+        sliver of an epoch at the end; part of one only when not even one fits), never more than
+        ``epochs`` and ``max_steps`` allow. The schedule follows, so it anneals on time."""
+        left = loop.cfg.trainer.max_minutes * 60 - seconds
+        total = loop.step + max(0, int(left / max(pace, 1e-9)))
+        if total >= loop.steps_per_epoch:
+            total = round(total / loop.steps_per_epoch) * loop.steps_per_epoch
+        loop.total_steps = max(loop.step, min(loop.max_total, total))
+        loop.planned = True
 
     def _evaluate_epoch(self, loop: _Loop, epoch: int, trained: _EpochTrained, out: Reporter) -> tuple[dict[str, float], Any, bool]:
         """Score val and test (each split shared out across ranks): val decides what is best,
@@ -517,6 +569,7 @@ class Trainer:
             step=loop.step,
             best=dict(loop.best),
             train_seconds=loop.train_seconds,
+            planned_steps=loop.total_steps if loop.planned else None,
             history=loop.history,
             components=loop.components,
             crnnfw_version=__version__,

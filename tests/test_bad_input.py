@@ -143,6 +143,8 @@ def _cases(run: str, files: str):
         ("zero batch", ["run", MNIST_CONFIG, "trainer.batch_size=0", out], "trainer.batch_size: must be > 0"),
         ("zero lr", ["run", MNIST_CONFIG, "trainer.optimizer.lr=0", out], "trainer.optimizer.lr"),
         ("negative clip", ["run", MNIST_CONFIG, "trainer.grad_clip=-1", out], "trainer.grad_clip: must be >= 0"),
+        ("negative time budget", ["run", MNIST_CONFIG, "trainer.max_minutes=-5", out], "trainer.max_minutes: must be >= 0"),
+        ("endless time budget", ["run", MNIST_CONFIG, "trainer.max_minutes=inf", out], "trainer.max_minutes: must be a finite number"),
         ("bad precision", ["run", MNIST_CONFIG, "trainer.precision=fp8", out], "is not one of auto, 32-true"),
         ("bad optimizer", ["run", MNIST_CONFIG, "trainer.optimizer.name=adagrad", out], "trainer.optimizer.name"),
         ("bad scheduler", ["run", MNIST_CONFIG, "trainer.scheduler.name=poly", out], "trainer.scheduler.name"),
