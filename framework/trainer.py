@@ -321,7 +321,7 @@ class Trainer:
                 if isinstance(saved, int) and resumed["config"]["trainer"].get("max_minutes") == t.max_minutes:
                     loop.total_steps, loop.planned = min(loop.max_total, saved), True
                 elif loop.train_seconds > 0:  # else (killed within its first epoch, before planning) it times its steps again
-                    self._plan(loop, loop.train_seconds / max(loop.step, 1), loop.train_seconds)
+                    self._plan(loop, loop.train_seconds)
             stopped = resumed.get("stopped")
             if (loop.first_epoch > t.epochs or loop.step >= loop.total_steps or stopped) and _summarised(run_dir, loop.step):
                 budget = t.max_minutes and loop.total_steps < loop.max_total
@@ -410,7 +410,7 @@ class Trainer:
                 probe_start = time.perf_counter()
             elif i == probe_at:  # the pace after the first steps' start-up costs: fit the steps to the budget
                 pace = max(loop.group.gather((time.perf_counter() - probe_start) / probe_steps))
-                self._plan(loop, pace, loop.train_seconds + time.perf_counter() - epoch_start)
+                self._plan(loop, loop.train_seconds + time.perf_counter() - epoch_start, pace)
                 epoch_steps = min(epoch_steps, i + loop.total_steps - loop.step)
                 out.info(
                     f"trainer.max_minutes={t.max_minutes:g}: {pace * 1000:.0f} ms a step, so {loop.total_steps:,} steps "
@@ -448,7 +448,7 @@ class Trainer:
         seconds = time.perf_counter() - epoch_start
         loop.train_seconds += seconds
         if t.max_minutes:  # re-fit to the pace so far, which includes what each epoch costs besides its steps
-            self._plan(loop, max(loop.group.gather(loop.train_seconds / max(loop.step, 1))), max(loop.group.gather(loop.train_seconds)))
+            self._plan(loop, max(loop.group.gather(loop.train_seconds)))  # every rank has taken the same steps
         loss, seen = loop.group.mean(loss_sum, seen)
         return _EpochTrained(loss, train_metrics.compute()[loop.monitor.main], seen, seconds)
 
@@ -470,11 +470,13 @@ class Trainer:
         return logits, lengths, loss
 
     @staticmethod
-    def _plan(loop: _Loop, pace: float, seconds: float) -> None:
-        """Fit the run's steps to ``trainer.max_minutes``: as many as ``pace`` (seconds a step)
-        allows in what is left after ``seconds`` of training, to the nearest whole epoch (no
+    def _plan(loop: _Loop, seconds: float, pace: float | None = None) -> None:
+        """Fit the run's steps to ``trainer.max_minutes``: as many as ``pace`` (seconds a step;
+        by default the run's pace so far, ``seconds`` over its steps) allows in what is left
+        after ``seconds`` of training, to the nearest whole epoch (no
         sliver of an epoch at the end; part of one only when not even one fits), never more than
         ``epochs`` and ``max_steps`` allow. The schedule follows, so it anneals on time."""
+        pace = pace if pace is not None else seconds / max(loop.step, 1)
         left = loop.cfg.trainer.max_minutes * 60 - seconds
         total = loop.step + max(0, int(left / max(pace, 1e-9)))
         if total >= loop.steps_per_epoch:
