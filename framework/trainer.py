@@ -321,7 +321,7 @@ class Trainer:
                 if isinstance(saved, int) and resumed["config"]["trainer"].get("max_minutes") == t.max_minutes:
                     loop.total_steps, loop.planned = min(loop.max_total, saved), True
                 elif loop.train_seconds > 0:  # else (killed within its first epoch, before planning) it times its steps again
-                    self._plan(loop, loop.train_seconds)
+                    self._plan(loop, loop.train_seconds, into_epoch=loop.partial["batches"] if loop.partial else 0)
             stopped = resumed.get("stopped")
             if (loop.first_epoch > t.epochs or loop.step >= loop.total_steps or stopped) and _summarised(run_dir, loop.step):
                 budget = t.max_minutes and loop.total_steps < loop.max_total
@@ -410,7 +410,7 @@ class Trainer:
                 probe_start = time.perf_counter()
             elif i == probe_at:  # the pace after the first steps' start-up costs: fit the steps to the budget
                 pace = max(loop.group.gather((time.perf_counter() - probe_start) / probe_steps))
-                self._plan(loop, loop.train_seconds + time.perf_counter() - epoch_start, pace)
+                self._plan(loop, loop.train_seconds + time.perf_counter() - epoch_start, pace, into_epoch=i)
                 epoch_steps = min(epoch_steps, i + loop.total_steps - loop.step)
                 out.info(
                     f"trainer.max_minutes={t.max_minutes:g}: {pace * 1000:.0f} ms a step, so {loop.total_steps:,} steps "
@@ -470,17 +470,20 @@ class Trainer:
         return logits, lengths, loss
 
     @staticmethod
-    def _plan(loop: _Loop, seconds: float, pace: float | None = None) -> None:
+    def _plan(loop: _Loop, seconds: float, pace: float | None = None, into_epoch: int = 0) -> None:
         """Fit the run's steps to ``trainer.max_minutes``: as many as ``pace`` (seconds a step;
         by default the run's pace so far, ``seconds`` over its steps) allows in what is left
-        after ``seconds`` of training, to the nearest whole epoch (no
-        sliver of an epoch at the end; part of one only when not even one fits), never more than
-        ``epochs`` and ``max_steps`` allow. The schedule follows, so it anneals on time."""
+        after ``seconds`` of training, ``into_epoch`` steps into an epoch, never more than
+        ``epochs`` and ``max_steps`` allow. The budget is a maximum: the last epoch may be cut
+        short, and one that would be under half an epoch is left out (a sliver buys little, and
+        its evaluation costs as much as a full one's) unless the whole run is no more than that.
+        The schedule follows, so it anneals on time."""
         pace = pace if pace is not None else seconds / max(loop.step, 1)
         left = loop.cfg.trainer.max_minutes * 60 - seconds
-        total = loop.step + max(0, int(left / max(pace, 1e-9)))
-        if total >= loop.steps_per_epoch:
-            total = round(total / loop.steps_per_epoch) * loop.steps_per_epoch
+        total = loop.step + int(left / max(pace, 1e-9))
+        sliver = (total - (loop.step - into_epoch)) % loop.steps_per_epoch  # the last epoch's steps
+        if sliver < loop.steps_per_epoch / 2 and total > sliver:
+            total -= sliver
         loop.total_steps = max(loop.step, min(loop.max_total, total))
         loop.planned = True
 

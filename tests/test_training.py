@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -133,9 +134,9 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, cli):
 
 
 def test_a_time_budget_plans_the_steps_and_anneals_within_it(tmp_path, cli):
-    """trainer.max_minutes: the pace of the first steps sets the step count (whole epochs), the
-    one-cycle schedule ends at its floor on the last step, and the run ends near the budget,
-    far short of the 40 epochs it may take; --resume with a larger budget trains on."""
+    """trainer.max_minutes: the pace of the first steps sets the step count, the one-cycle
+    schedule ends at its floor on the last step, and the run ends within the budget, far short
+    of the 40 epochs it may take; --resume with a larger budget trains on."""
     epoch_steps = 128
     args = [FP32, "data.train_limit=4096", "data.val_size=256", "data.test_limit=256", "trainer.batch_size=32", "trainer.epochs=40", f"output_dir={tmp_path}", "name=budget"]
     result = cli("run", MNIST_CONFIG, *args, "trainer.max_minutes=0.2")
@@ -145,9 +146,9 @@ def test_a_time_budget_plans_the_steps_and_anneals_within_it(tmp_path, cli):
     assert "5,120 allowed" in plan
     (run_dir,) = (tmp_path / "budget").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert 0 < summary["steps"] < 40 * epoch_steps and summary["steps"] % epoch_steps == 0
-    assert summary["epochs"] == summary["steps"] // epoch_steps
-    assert summary["train_seconds"] < 3 * 12  # 40 epochs take minutes
+    assert 0 < summary["steps"] < 40 * epoch_steps
+    assert summary["epochs"] == math.ceil(summary["steps"] / epoch_steps)  # the last one may be cut short
+    assert summary["train_seconds"] < 2 * 12  # 40 epochs take minutes
     config = yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]
     last = checkpoint.load(run_dir / "checkpoints" / "last.ckpt", weights=False)
     assert last["planned_steps"] == summary["steps"]
@@ -159,7 +160,7 @@ def test_a_time_budget_plans_the_steps_and_anneals_within_it(tmp_path, cli):
     more = cli("run", "--resume", run_dir, "trainer.max_minutes=0.4")
     assert more.code == 0, more.err
     resumed = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] < resumed["steps"] < 40 * epoch_steps and resumed["steps"] % epoch_steps == 0
+    assert summary["steps"] < resumed["steps"] < 40 * epoch_steps
     assert [row["epoch"] for row in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, resumed["epochs"] + 1))
     again = checkpoint.load(run_dir / "checkpoints" / "last.ckpt", weights=False)
     assert again["scheduler"]["_last_lr"][0] == pytest.approx(floor)
