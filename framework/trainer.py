@@ -379,7 +379,8 @@ class Trainer:
         t, model, device, generator, partial = loop.cfg.trainer, loop.model, loop.device, loop.generator, loop.partial
         model.train()
         done = partial["batches"] if partial else 0  # batches of this epoch trained before a mid-epoch checkpoint
-        epoch_steps = min(loop.steps_per_epoch, loop.total_steps - (loop.step - done))
+        began = loop.step - done  # the run's step count when this epoch began
+        epoch_steps = min(loop.steps_per_epoch, loop.total_steps - began)
         out.start_epoch(epoch, min(t.epochs, math.ceil(loop.total_steps / loop.steps_per_epoch)), epoch_steps)
         epoch_start = time.perf_counter() - (partial["seconds"] if partial else 0.0)
         loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
@@ -411,7 +412,7 @@ class Trainer:
             elif i == probe_at:  # the pace after the first steps' start-up costs: fit the steps to the budget
                 pace = max(loop.group.gather((time.perf_counter() - probe_start) / probe_steps))
                 self._plan(loop, loop.train_seconds + time.perf_counter() - epoch_start, pace, into_epoch=i)
-                epoch_steps = min(epoch_steps, i + loop.total_steps - loop.step)
+                epoch_steps = min(loop.steps_per_epoch, loop.total_steps - began)
                 out.info(
                     f"trainer.max_minutes={t.max_minutes:g}: {pace * 1000:.0f} ms a step, so {loop.total_steps:,} steps "
                     f"({loop.total_steps / loop.steps_per_epoch:.1f} epochs; {loop.max_total:,} allowed)"
