@@ -202,9 +202,6 @@ class Recognizer:
         if split not in ("train", "val", "test"):
             raise ConfigError(f"evaluate: split '{split}' is not one of train, val, test")
         trained, cfg = self._trained, self._trained.cfg
-        if trained.spec.ink_height and cfg.data.get("ink_height", 0.0) is None:  # files framed as predict frames them for this model
-            cfg = cfg.copy()
-            cfg.data.ink_height = trained.spec.ink_height
         data = build_data(cfg, get_host().registry)
         if tuple(data.classes) != trained.classes:
             raise CrnnfwError(f"eval: the data's classes {''.join(data.classes)!r} are not the model's {''.join(trained.classes)!r}")

@@ -6,7 +6,7 @@ so the model is rebuilt from the registry without the training data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,12 +71,14 @@ def load_trained(path: str | Path, overrides: Sequence[str] = (), device: torch.
     """
     file, state = read_state(path)
     registry = get_host().registry
-    stored = config_mod.from_container(state["config"])
+    spec = InputSpec(**state["input"])
     try:
-        cfg = config_mod.resolve(config_mod.apply_overrides(stored, overrides), registry, source=str(file))
+        cfg = config_mod.apply_overrides(config_mod.from_container(state["config"]), overrides)
+        if cfg.data.get("name") != state["config"]["data"].get("name"):
+            cfg = config_mod.apply_overrides(config_mod.from_container(state["config"]), [*_input_options(cfg.data.name, spec, registry), *overrides])
+        cfg = config_mod.resolve(cfg, registry, source=str(file))
     except CrnnfwError as exc:
         raise CheckpointError(f"{exc}{_plugin_hint(state)}") from None
-    spec = InputSpec(**state["input"])
     classes = tuple(state["classes"])
     model = assemble(cfg, registry, channels=spec.channels, height=spec.height, classes=classes)
     try:
@@ -86,6 +88,17 @@ def load_trained(path: str | Path, overrides: Sequence[str] = (), device: torch.
         raise CheckpointError(f"{file}: the weights do not fit the model its config builds ({detail})") from None
     model.to(device).eval()
     return Trained(model, cfg, classes, spec, file, state)
+
+
+def _input_options(dataset: str, spec: InputSpec, registry: Any) -> list[str]:
+    """Another dataset given by override (``data.name=lines`` to score files) reads images as the
+    model does: its ``height``, ``channels`` and ``ink_height`` default to the model's input."""
+    try:
+        options = {f.name for f in fields(registry.get("dataset", dataset).config)}
+    except CrnnfwError:
+        return []  # an unknown dataset is reported by resolve, with the names there are
+    model = {"height": spec.height, "channels": spec.channels, "ink_height": spec.ink_height}
+    return [f"data.{key}={value}" for key, value in model.items() if key in options and value is not None]
 
 
 def _plugin_hint(state: dict[str, Any]) -> str:

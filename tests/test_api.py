@@ -71,6 +71,16 @@ def test_evaluate_and_export(short_run, tmp_path):
         recognizer.export(tmp_path / "model.onnx")
 
 
+def test_another_dataset_reads_images_as_the_model_does(short_run):
+    """Swapping the dataset by override (files through ``lines``) keeps the model's input: the
+    MNIST model's 28 px, one channel and ink framing, unless the override says otherwise."""
+    files = ["data.name=lines", "data.train=labels.txt", "data.test=labels.txt", "data.charset=0123456789"]
+    data = crnnfw.load(short_run, overrides=files).config.data
+    assert (data.height, data.channels, data.ink_height) == (28, 1, pytest.approx(20 / 28))
+    assert crnnfw.load(short_run, overrides=[*files, "data.ink_height=null"]).config.data.ink_height is None
+    assert crnnfw.load(short_run, overrides=["data.test_limit=100"]).config.data.name == "mnist"
+
+
 def test_train_from_a_mapping_with_keyword_options(tmp_path):
     config = {"name": "api", "data": {"name": "mnist", "train_limit": 512, "val_size": 128, "test_limit": 128}}
     run = crnnfw.train(config, [FP32], output_dir=str(tmp_path), trainer={"epochs": 2, "batch_size": 64})

@@ -192,8 +192,11 @@ def test_short_ctc_training_run(tmp_path, cli):
     truth = dict(line.split("\t") for line in labels.read_text().splitlines())
     read = crnnfw.load(run_dir).predict([labels.parent / name for name in truth])
     cer = sum(edit_distance(t, p.text) for t, p in zip(truth.values(), read)) / sum(len(t) for t in truth.values())
+    scored = cli("eval", str(run_dir), "data.name=lines", f"data.train={labels}", f"data.test={labels}", "data.charset=0123456789", "data.cache=off", "--json")
+    assert scored.code == 0, scored.err
     print(f"independent files: CER {cer:.3f}, own test CER {final['test_cer']:.3f}")
     assert cer <= 0.25  # 0.087 (own test 0.111) on a 2-core AVX512-BF16 EPYC
+    assert json.loads(scored.out)["scores"]["cer"] == pytest.approx(cer, abs=0.01)  # files through lines are framed as predict frames them
 
 
 def _load_benchmark(name: str):
