@@ -197,6 +197,7 @@ class Recognizer:
         from .datasets import build_data
         from .evaluation import evaluate
         from .hardware import hardware
+        from .model import check_model, stage_names
         from .precision import choose
 
         if split not in ("train", "val", "test"):
@@ -210,6 +211,7 @@ class Recognizer:
                 f"eval: the data's images are {data.channels} x {data.height} px (channels x height), the model was trained "
                 f"on {trained.spec.channels} x {trained.spec.height}; set the data options (e.g. data.height) to match"
             )
+        check_model(trained.model, data, names=stage_names(cfg))  # another dataset may not suit the head (class labels, sequences)
         samples = getattr(data, split)
         precision = choose(cfg.trainer.precision, hardware(self.device)).precision
         result = evaluate(trained.model, samples, cfg.trainer.eval_batch_size, self.device, precision, keep=48)

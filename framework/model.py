@@ -78,8 +78,13 @@ def assemble(cfg: DictConfig, registry: Registry, *, channels: int, height: int,
 def build_model(cfg: DictConfig, data: DataModule, registry: Registry) -> Model:
     """The model a resolved config describes, sized for ``data`` and checked by :func:`check_model`."""
     model = assemble(cfg, registry, channels=data.channels, height=data.height, classes=data.classes)
-    check_model(model, data, names={s: OmegaConf.select(cfg, f"model.{s}.name") for s in STAGES})
+    check_model(model, data, names=stage_names(cfg))
     return model
+
+
+def stage_names(cfg: DictConfig) -> dict[str, str]:
+    """Each stage's component name, so an error names the one that breaks."""
+    return {s: OmegaConf.select(cfg, f"model.{s}.name") for s in STAGES}
 
 
 def check_model(model: Model, data: DataModule, names: dict[str, str] | None = None) -> None:
