@@ -219,7 +219,7 @@ def _cases(run: str, files: str):
         ("other model's weights", ["export", f"{files}/other_model.ckpt"], "weights do not fit"),
         ("model override on eval", ["eval", run, "model.encoder.hidden_size=32"], "weights do not fit"),
         ("eval on other geometry", ["eval", run, "data.name=multidigit", "data.height=32", "data.train_size=64", "data.val_size=64", "data.test_size=64"], "the model was trained on 1 x 28"),
-        ("eval of a classifier on sequences", ["eval", run, "data.name=multidigit", "data.train_size=64", "data.val_size=64", "data.test_size=64"], "cannot compute its loss on this dataset's batches"),
+        ("classifier on sequences", ["eval", run, "data.name=multidigit", "data.train_size=64", "data.val_size=64", "data.test_size=64"], "cannot compute its loss on this dataset's batches"),
         ("plugin not installed", ["eval", f"{files}/missing_plugin.ckpt"], "crnnfw-vgg 1.2.0"),
         ("folder without ckpt", ["eval", files], "without checkpoints/best.ckpt"),
         ("missing ckpt", ["export", f"{files}/nope.ckpt"], "no such checkpoint"),
