@@ -93,7 +93,8 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
     widths_list = sorted({data.min_width, data.max_width, (data.min_width + data.max_width) // 2 + 1} - {0})
     widths_list = [w for w in widths_list if data.min_width <= w <= data.max_width] or [data.max_width]
     images, widths = pad_right([torch.rand(data.channels, data.height, w, generator=torch.Generator().manual_seed(i)) for i, w in enumerate(widths_list)])
-    shape = tuple(images.shape)
+    shape, device = tuple(images.shape), next(model.parameters()).device  # a loaded model may sit on a GPU
+    images, widths = images.to(device), widths.to(device)
 
     def stage(kind: str) -> str:
         return f"{kind} '{names[kind]}'" if kind in names else kind
@@ -131,7 +132,7 @@ def check_model(model: Model, data: DataModule, names: dict[str, str] | None = N
                 model.head.decode(logits, lengths)
             except Exception as exc:
                 raise ModelError(f"{stage('head')} fails on a sequence {tuple(encoded.shape)}: {exc}") from exc
-            batch = next(iter(data.test.batches(2, shuffle=False)))
+            batch = next(iter(data.test.batches(2, shuffle=False))).to(device)
             try:
                 logits, lengths = model(batch.images, batch.widths)
                 model.head.loss(logits, lengths, batch)
