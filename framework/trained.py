@@ -75,7 +75,7 @@ def load_trained(path: str | Path, overrides: Sequence[str] = (), device: torch.
     try:
         cfg = config_mod.apply_overrides(config_mod.from_container(state["config"]), overrides)
         if cfg.data.get("name") != state["config"]["data"].get("name"):
-            cfg = config_mod.apply_overrides(config_mod.from_container(state["config"]), [*_input_options(cfg.data.name, spec, registry), *overrides])
+            _read_as_the_model(cfg, spec, registry)
         cfg = config_mod.resolve(cfg, registry, source=str(file))
     except CrnnfwError as exc:
         raise CheckpointError(f"{exc}{_plugin_hint(state)}") from None
@@ -90,15 +90,18 @@ def load_trained(path: str | Path, overrides: Sequence[str] = (), device: torch.
     return Trained(model, cfg, classes, spec, file, state)
 
 
-def _input_options(dataset: str, spec: InputSpec, registry: Any) -> list[str]:
+def _read_as_the_model(cfg: DictConfig, spec: InputSpec, registry: Any) -> None:
     """Another dataset given by override (``data.name=lines`` to score files) reads images as the
-    model does: its ``height``, ``channels`` and ``ink_height`` default to the model's input."""
+    model does: its ``height``, ``channels`` and ``ink_height`` default to the model's input. The
+    swap left the section only the options the overrides gave, so an option it lacks is unset."""
     try:
-        options = {f.name for f in fields(registry.get("dataset", dataset).config)}
+        options = {f.name for f in fields(registry.get("dataset", cfg.data.name).config)}
     except CrnnfwError:
-        return []  # an unknown dataset is reported by resolve, with the names there are
+        return  # an unknown dataset is reported by resolve, with the names there are
     model = {"height": spec.height, "channels": spec.channels, "ink_height": spec.ink_height}
-    return [f"data.{key}={value}" for key, value in model.items() if key in options and value is not None]
+    for key, value in model.items():
+        if key in options and key not in cfg.data and value is not None:
+            cfg.data[key] = value
 
 
 def _plugin_hint(state: dict[str, Any]) -> str:
