@@ -2,10 +2,12 @@
 out-of-distribution set of files (``ood_digits.py``), read through ``crnnfw predict`` and
 scored through ``crnnfw eval`` on the files (the ``lines`` dataset).
 
-    python benchmarks/multidigit_ood.py [--run RUN_DIR] [--count 1000] [overrides ...]
+    python benchmarks/multidigit_ood.py [--run RUN_DIR] [--count 1000] [--variations all|NAME,...] [overrides ...]
 
 Without ``--run`` it first trains ``configs/multidigit_ctc.yaml`` (with the overrides) and
-reports the training time. Prints a table per string length and one JSON line.
+reports the training time. With ``--variations`` it also reads ``--variation-count`` files of
+each of the composer's variations (``ood_digits.VARIATIONS``) through ``Recognizer.predict``.
+Prints a table per string length and one JSON line.
 """
 
 from __future__ import annotations
@@ -40,8 +42,14 @@ def main() -> None:
     parser.add_argument("--run", help="a trained multidigit run directory (default: train one)")
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--variations", default="", help="'all' or a comma-separated list of ood_digits.VARIATIONS")
+    parser.add_argument("--variation-count", type=int, default=400)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    variations = sorted(ood_digits.VARIATIONS) if args.variations == "all" else [v for v in args.variations.split(",") if v]
+    unknown = [v for v in variations if v not in ood_digits.VARIATIONS]
+    if unknown:
+        parser.error(f"--variations: {', '.join(unknown)} not among {', '.join(sorted(ood_digits.VARIATIONS))}")
     results: dict[str, object] = {}
     if args.run:
         run_dir = Path(args.run)
@@ -80,12 +88,18 @@ def main() -> None:
             text=True,
         ).stdout
         results["ood eval"] = json.loads(evaluated)["scores"]
+        recognizer = crnnfw.load(run_dir)
+        for name in variations:
+            labels = ood_digits.write_set(Path(folder) / name, args.variation_count, args.seed, style=ood_digits.VARIATIONS[name])
+            truth = [line.split("\t") for line in labels.read_text().splitlines()]
+            read = recognizer.predict([labels.parent / path for path, _ in truth])
+            results[f"variation {name}"] = scores([(text, p.text) for (_, text), p in zip(truth, read)])
     print(report.header())
     print(f"run: {run_dir}" + (f" ({results['training minutes']} minutes of training)" if "training minutes" in results else ""))
-    for name in ("own test", "ood predict", "ood eval"):
+    for name in ("own test", "ood predict", "ood eval", *(f"variation {v}" for v in variations)):
         figures = results[name]
         lengths = "  ".join(f"{n}: {100 * figures[f'accuracy_len{n}']:.1f}%" for n in range(1, 9) if f"accuracy_len{n}" in figures)
-        print(f"{name:12s} accuracy {100 * figures['accuracy']:.2f}%  CER {100 * figures['cer']:.2f}%  | {lengths}")
+        print(f"{name:20s} accuracy {100 * figures['accuracy']:.2f}%  CER {100 * figures['cer']:.2f}%  | {lengths}")
     report.save("multidigit_ood", results)
 
 

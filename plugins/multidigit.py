@@ -46,10 +46,10 @@ class MultiDigitConfig:
     test_seed: int = 1234  # fixes the test split
     line_height_min: float = 0.55  # the string's ink spans this share of the image height ...
     line_height_max: float = 0.68  # ... up to this (predict frames a file's ink at the middle of the range)
-    gap_min: int = -2  # px between neighbouring digits' ink in the image; negative values overlap them
+    gap_min: int = -3  # px between neighbouring digits' ink in the image; negative values overlap them
     gap_max: int = 10
     cell_min: int = 6  # narrow digits (a '1') still advance at least this many px
-    scale_min: float = 0.7  # per-digit height, relative to the tallest a string can have
+    scale_min: float = 0.55  # per-digit height, relative to the tallest a string can have
     scale_max: float = 1.0
     aspect_min: float = 0.8  # per-digit width scale on top of the height scale
     aspect_max: float = 1.25
@@ -59,7 +59,7 @@ class MultiDigitConfig:
     jitter: int = 2  # per-digit vertical offset in [-jitter, jitter] px of a 28 px digit
     margin_min: int = 2  # blank columns at each end, in [margin_min, margin_max] px
     margin_max: int = 8
-    thickness: float = 0.4  # strokes thinned or thickened by up to this share of a 3 x 3 erosion / dilation
+    thickness: float = 0.6  # strokes thinned or thickened by up to this share of a 3 x 3 erosion / dilation
     ink_min: float = 0.6  # the ink's brightest level in [ink_min, 1]
     background_max: float = 0.25  # paper level in [0, background_max] (light ink on dark paper: predict turns files so)
     texture: float = 0.06  # amplitude of a smooth paper texture

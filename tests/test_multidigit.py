@@ -208,6 +208,7 @@ def _load_benchmark(name: str):
     try:
         spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
     finally:
@@ -299,3 +300,25 @@ def test_the_out_of_distribution_composer_shares_no_code_with_the_generator(tmp_
     assert all((tmp_path / line.split("\t")[0]).is_file() for line in lines)
     again = ood.write_set(tmp_path / "again", count=16, seed=3)
     assert again.read_text() == labels.read_text()  # fixed by its seed
+
+
+def test_the_composer_variations_change_what_they_name(tmp_path):
+    """Same seed, same digits: tighter packing makes narrower files, wider gaps wider ones; thin
+    strokes leave less ink, thick ones more."""
+    import numpy as np
+    from PIL import Image
+
+    ood = _load_benchmark("ood_digits")
+
+    def files(name: str) -> list[np.ndarray]:
+        labels = ood.write_set(tmp_path / name, count=24, seed=5, min_digits=3, max_digits=3, style=ood.VARIATIONS[name])
+        return [np.asarray(Image.open(labels.parent / line.split("\t")[0]).convert("L"), dtype=np.float32) for line in labels.read_text().splitlines()]
+
+    def ink(image: np.ndarray) -> np.ndarray:
+        return np.abs(image - np.median(image)) > 60
+
+    drawn, tight, wide, thin, thick = (files(n) for n in ("as_drawn", "tight", "wide_gaps", "thin", "thick"))
+    aspect = {name: np.mean([i.shape[1] / i.shape[0] for i in images]) for name, images in (("tight", tight), ("drawn", drawn), ("wide", wide))}
+    assert aspect["tight"] < aspect["drawn"] < aspect["wide"]
+    share = {name: np.mean([ink(i).mean() for i in images]) for name, images in (("thin", thin), ("drawn", drawn), ("thick", thick))}
+    assert share["thin"] < 0.8 * share["drawn"] and share["thick"] > 1.2 * share["drawn"]
