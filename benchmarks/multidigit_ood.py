@@ -37,6 +37,11 @@ def scores(pairs: list[tuple[str, str]]) -> dict[str, float]:
     return out
 
 
+def labelled(labels: Path) -> list[tuple[str, str]]:
+    """The (path, digits) lines of a label file ``ood_digits.write_set`` wrote."""
+    return [tuple(line.split("\t")) for line in labels.read_text().splitlines()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a trained multidigit run directory (default: train one)")
@@ -59,10 +64,11 @@ def main() -> None:
         run_dir = run.run_dir
         results["run minutes"] = round((time.perf_counter() - start) / 60, 1)  # with each epoch's evaluation
         results["training minutes"] = round(run.summary["train_seconds"] / 60, 1)
-    results["own test"] = crnnfw.load(run_dir).evaluate("test")["scores"]
+    recognizer = crnnfw.load(run_dir)
+    results["own test"] = recognizer.evaluate("test")["scores"]
     with tempfile.TemporaryDirectory() as folder:
         labels = ood_digits.write_set(folder, args.count, args.seed)
-        truth = dict(line.rstrip("\n").split("\t") for line in labels.read_text().splitlines(keepends=True))
+        truth = dict(labelled(labels))
         cli = [sys.executable, "-m", "crnnfw"]
         predicted = subprocess.run([*cli, "predict", str(run_dir), str(Path(folder) / "images"), "--json"], check=True, capture_output=True, text=True).stdout
         rows = [json.loads(line) for line in predicted.splitlines() if line.strip()]
@@ -88,12 +94,11 @@ def main() -> None:
             text=True,
         ).stdout
         results["ood eval"] = json.loads(evaluated)["scores"]
-        recognizer = crnnfw.load(run_dir)
         for name in variations:
             labels = ood_digits.write_set(Path(folder) / name, args.variation_count, args.seed, style=ood_digits.VARIATIONS[name])
-            truth = [line.split("\t") for line in labels.read_text().splitlines()]
-            read = recognizer.predict([labels.parent / path for path, _ in truth])
-            results[f"variation {name}"] = scores([(text, p.text) for (_, text), p in zip(truth, read)])
+            files = labelled(labels)
+            read = recognizer.predict([labels.parent / path for path, _ in files])
+            results[f"variation {name}"] = scores([(text, p.text) for (_, text), p in zip(files, read)])
     print(report.header())
     print(f"run: {run_dir}" + (f" ({results['training minutes']} minutes of training)" if "training minutes" in results else ""))
     for name in ("own test", "ood predict", "ood eval", *(f"variation {v}" for v in variations)):
