@@ -41,7 +41,7 @@ def test_training_images_are_fresh_each_epoch_and_val_differs_from_test():
 
     cfg = config.resolve(config.load(ROOT / "configs" / "captcha_ctc.yaml", ["data.val_size=16", "data.test_size=16", "data.train_size=32", "data.workers=1"]), get_registry())
     data = build_data(cfg, get_registry())
-    assert not torch.equal(data.val.targets, data.test.targets) and data.height == 40
+    assert not torch.equal(data.val.targets, data.test.targets) and data.height == 60 == data.val.pixels.shape[1]
     assert set(data.classes) == set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     generator = torch.Generator().manual_seed(0)
     epochs = [[text for b in data.train.batches(16, shuffle=True, generator=generator) for text in b.target_texts(data.classes)] for _ in range(2)]
