@@ -24,6 +24,7 @@ class CNNConfig:
     activation: str = "relu"  # relu | gelu | silu | leaky_relu
     dropout: float = 0.0  # channel dropout after each pooling
     channels_last: bool = True  # NHWC memory: oneDNN's and cuDNN's fast layout for convolutions
+    pool_first: bool = False  # max-pool straight after each conv: norm and activation see fewer values
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -42,7 +43,9 @@ class CNNConfig:
 
 class CNNBackbone(crnnfw.Backbone):
     """Conv -> (batch norm) -> activation -> (max-pool, dropout), once per entry of ``channels``
-    (pooling goes before a ReLU, which is equivalent and cheaper).
+    (pooling goes before a ReLU, which is equivalent and cheaper). With ``pool_first``, conv ->
+    max-pool -> (batch norm) -> activation: another net (its norm sees pooled maps), cheaper on
+    a CPU, where batch norm over a full-resolution map costs several times its convolution.
 
     Features past each sample's width are zeroed before every convolution, so a sample padded
     inside a wide batch sees the same zeros as one processed alone, and in training the padding's
@@ -57,15 +60,16 @@ class CNNBackbone(crnnfw.Backbone):
         previous = in_channels
         for channels, (ph, pw) in zip(config.channels, config.pools):
             layers: list[nn.Module] = [nn.Conv2d(previous, channels, config.kernel_size, padding="same" if self.same else 0, bias=not config.batch_norm)]
+            pool = [nn.MaxPool2d((ph, pw))] if (ph, pw) != (1, 1) else []
+            if config.pool_first:
+                layers += pool
+                pool = []
             if config.batch_norm:
                 layers.append(nn.BatchNorm2d(channels))
-            tail: list[nn.Module] = [ACTIVATIONS[config.activation]()]
-            if (ph, pw) != (1, 1):
-                # Max-pooling commutes with a non-decreasing activation: pooling first gives the
-                # same values and gradients, and activates ph * pw times fewer values.
-                pool = nn.MaxPool2d((ph, pw))
-                tail = [pool, *tail] if config.activation in NON_DECREASING else [*tail, pool]
-            layers += tail
+            # Max-pooling commutes with a non-decreasing activation: pooling first gives the
+            # same values and gradients, and activates ph * pw times fewer values.
+            activation = [ACTIVATIONS[config.activation]()]
+            layers += pool + activation if config.activation in NON_DECREASING else activation + pool
             if config.dropout > 0:
                 layers.append(nn.Dropout2d(config.dropout))
             self.blocks.append(nn.Sequential(*layers))

@@ -165,8 +165,9 @@ def test_sequence_metrics():
 
 
 def test_short_ctc_training_run(tmp_path, cli):
-    """Strings of 1-3 digits, with the generator's full variety: 3 epochs of 4,500 strings read
-    most characters right, of its own test split and of files the independent composer wrote."""
+    """Strings of 1-3 digits, with the generator's full variety: 4 epochs of 4,500 strings read
+    most characters right, of its own test split and of files the independent composer wrote.
+    (At 3 epochs the CER still fell steeply and varied 0.11-0.36 with the seed and backbone.)"""
     result = cli(
         "run",
         CTC_CONFIG,
@@ -175,7 +176,7 @@ def test_short_ctc_training_run(tmp_path, cli):
         "data.train_size=4500",
         "data.val_size=500",
         "data.test_size=500",
-        "trainer.epochs=3",
+        "trainer.epochs=4",
         "trainer.batch_size=32",
         f"output_dir={tmp_path}",
         "name=ctc",
@@ -184,7 +185,7 @@ def test_short_ctc_training_run(tmp_path, cli):
     (run_dir,) = (tmp_path / "ctc").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     final = summary["final"]
-    assert final["test_cer"] <= 0.2  # 0.13 on a 2-core Xeon, 0.111 on an AVX512-BF16 EPYC
+    assert final["test_cer"] <= 0.2  # 0.089-0.106 on a 2-core Xeon with seeds 0, 1, 2
     assert {"test_accuracy", "test_ned", "test_accuracy_len1", "test_accuracy_len3"} <= set(final)
     header = next(line for line in result.out.splitlines() if "train_loss" in line)
     assert "val_cer" in header and "test_accuracy" in header  # the table shows val's CER, and test's figure beside it
@@ -195,7 +196,7 @@ def test_short_ctc_training_run(tmp_path, cli):
     scored = cli("eval", str(run_dir), "data.name=lines", f"data.train={labels}", f"data.test={labels}", "data.charset=0123456789", "data.cache=off", "--json")
     assert scored.code == 0, scored.err
     print(f"independent files: CER {cer:.3f}, own test CER {final['test_cer']:.3f}")
-    assert cer <= 0.25  # 0.087 (own test 0.111) on a 2-core AVX512-BF16 EPYC
+    assert cer <= 0.25  # 0.063 (own test 0.096) on a 2-core Xeon with AMX
     assert json.loads(scored.out)["scores"]["cer"] == pytest.approx(cer, abs=0.01)  # files through lines are framed as predict frames them
 
 

@@ -131,6 +131,30 @@ def test_cnn_blocks_compute_conv_activation_pool(activation):
     torch.testing.assert_close(got, want)
 
 
+def test_cnn_pool_first_pools_before_batch_norm_and_keeps_lengths():
+    """``pool_first`` normalises pooled maps (a quarter of the values after a 2x2 pool), with the
+    same output shapes and lengths as the default order, and padding still never changes a sample."""
+    torch.manual_seed(0)
+    options = dict(channels=[6, 8], pools=[[2, 2], [2, 1]], batch_norm=True)
+    first = CNNBackbone(CNNConfig(pool_first=True, **options), in_channels=1)
+    default = CNNBackbone(CNNConfig(**options), in_channels=1)
+    assert [type(m).__name__ for m in first.blocks[0]] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert [type(m).__name__ for m in default.blocks[0]] == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"]
+    images, widths = torch.randn(3, 1, 16, 20), torch.tensor([20, 13, 7])
+    features, lengths = first(images, widths)
+    keep = crnnfw.length_mask(widths, 20)[:, None, None].float()
+    (conv, pool, norm, activate), later = first.blocks
+    expected = activate(norm(pool(conv(images * keep)))) * keep[..., 1::2]
+    conv, pool, norm, activate = later
+    expected = activate(norm(pool(conv(expected))))
+    torch.testing.assert_close(features, expected)
+    assert features.shape == default(images, widths)[0].shape
+    assert lengths.tolist() == default.out_lengths(widths).tolist() == [10, 6, 3]
+    first.eval()
+    alone = first(images[2:, :, :, :7], widths[2:])[0]
+    torch.testing.assert_close(first(images, widths)[0][2:, :, :, :3], alone)
+
+
 def test_softmax_head_reads_the_last_valid_step():
     head = SoftmaxHead(SoftmaxConfig(pool="last"), in_features=4, classes=tuple("ab")).eval()
     seq = torch.randn(2, 6, 4)
