@@ -25,16 +25,21 @@ from pathlib import Path
 import torch
 
 import crnnfw
+from crnnfw import config as config_files
 from crnnfw.hardware import hardware
+from crnnfw.plugins import get_registry
 from crnnfw.precision import autocast, choose
 
 import report  # benchmarks/report.py: the machine beside every figure
 
 
-def sized(config: Path, count: int) -> list[str]:
-    """Overrides that make the dataset hold ``count`` training samples and few others."""
-    built = crnnfw.build(config)
-    data = built.config.data
+def sized(config: Path, batches: int) -> list[str]:
+    """Overrides that make the dataset hold ``batches`` training batches and few other samples,
+    read from the resolved config alone (building the recipe's data would compose its full
+    val and test splits only to learn their keys)."""
+    cfg = config_files.resolve(config_files.load(config), get_registry(), source=str(config))
+    count = cfg.trainer.batch_size * batches
+    data = cfg.data
     if "train_limit" in data:
         return [f"data.train_limit={count}", "data.test_limit=64"]
     keys = [f"data.train_size={count}", "data.test_size=64"]
@@ -47,12 +52,11 @@ class Variant:
     def __init__(self, config: Path, overrides: list[str], batches: int) -> None:
         built = crnnfw.build(config, overrides)
         cfg = built.config
-        self.batch_size = cfg.trainer.batch_size
         self.precision = choose(cfg.trainer.precision, hardware(torch.device("cpu"))).precision
         self.model = built.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.trainer.optimizer.lr)
         generator = torch.Generator().manual_seed(0)
-        self.batches = list(built.data.train.batches(self.batch_size, shuffle=True, generator=generator))[:batches]
+        self.batches = list(built.data.train.batches(cfg.trainer.batch_size, shuffle=True, generator=generator))[:batches]
         self.samples = sum(len(batch.widths) for batch in self.batches)
 
     def train_pass(self) -> float:
@@ -76,8 +80,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    base = crnnfw.build(args.config).config.trainer.batch_size
-    sizing = sized(args.config, base * args.batches)
+    sizing = sized(args.config, args.batches)
     variants = {name: Variant(args.config, sizing + overrides, args.batches) for name, *overrides in args.variant}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for variant in variants.values():
