@@ -29,6 +29,7 @@ from crnnfw import config as config_files
 from crnnfw.hardware import hardware
 from crnnfw.plugins import get_registry
 from crnnfw.precision import autocast, choose
+from crnnfw.trainer import build_optimizer
 
 import report  # benchmarks/report.py: the machine beside every figure
 
@@ -54,7 +55,7 @@ class Variant:
         cfg = built.config
         self.precision = choose(cfg.trainer.precision, hardware(torch.device("cpu"))).precision
         self.model = built.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.trainer.optimizer.lr)
+        self.optimizer = build_optimizer(self.model, cfg.trainer.optimizer)  # the recipe's, as the trainer builds it
         generator = torch.Generator().manual_seed(0)
         self.batches = list(built.data.train.batches(cfg.trainer.batch_size, shuffle=True, generator=generator))[:batches]
         self.samples = sum(len(batch.widths) for batch in self.batches)
