@@ -9,9 +9,10 @@ writes it to ``runs/benchmarks/<name>-<timestamp>.json``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import crnnfw
 
@@ -35,3 +36,15 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {path}")
     return path
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run a benchmark's ``main`` as the CLI runs a command: a mistake the user can make (a
+    config key, a run directory) ends in one ``error:`` line and exit code 2, not a traceback."""
+    try:
+        code = main()
+    except crnnfw.CrnnfwError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"{Path(sys.argv[0]).name}: error: {line}", file=sys.stderr)
+        code = exc.exit_code
+    sys.exit(code or 0)

@@ -283,3 +283,19 @@ def test_bad_input_gets_one_clear_line(name, argv, expected, workspace, cli):
     assert expected.format(**fill) in lines[0], lines[0]
     assert "Traceback" not in result.err + result.out
     assert _snapshot(root / "runs") == before
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("variant_speed.py", [str(CTC_CONFIG), "--variant", "typo", "trainer.optimizer.learning_rate=0.1"]),
+    ("multidigit_ood.py", ["--count", "8", "trainer.optimizer.learning_rate=0.1"]),
+    ("multidigit_ood.py", ["--run", "no/such/run"]),
+])
+def test_a_benchmark_given_a_bad_key_or_run_ends_in_one_line(script, argv, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
