@@ -285,11 +285,14 @@ def test_bad_input_gets_one_clear_line(name, argv, expected, workspace, cli):
     assert _snapshot(root / "runs") == before
 
 
-@pytest.mark.parametrize("script, argv", [
-    ("variant_speed.py", [str(CTC_CONFIG), "--variant", "typo", "trainer.optimizer.learning_rate=0.1"]),
-    ("multidigit_ood.py", ["--count", "8", "trainer.optimizer.learning_rate=0.1"]),
-    ("multidigit_ood.py", ["--run", "no/such/run"]),
-])
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("variant_speed.py", [str(CTC_CONFIG), "--variant", "typo", "trainer.optimizer.learning_rate=0.1"]),
+        ("multidigit_ood.py", ["--count", "8", "trainer.optimizer.learning_rate=0.1"]),
+        ("multidigit_ood.py", ["--run", "no/such/run"]),
+    ],
+)
 def test_a_benchmark_given_a_bad_key_or_run_ends_in_one_line(script, argv, tmp_path):
     import subprocess
     import sys
