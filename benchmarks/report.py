@@ -44,7 +44,6 @@ def run(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except crnnfw.CrnnfwError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            print(f"{Path(sys.argv[0]).name}: error: {line}", file=sys.stderr)
+        print(exc.report(Path(sys.argv[0]).name), file=sys.stderr)
         code = exc.exit_code
     sys.exit(code or 0)

@@ -421,8 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with interrupts.as_interrupt():
             return args.func(args)
     except CrnnfwError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:  # one line per problem kind (DataProblems)
-            print(f"crnnfw: error: {line}", file=sys.stderr)
+        print(exc.report("crnnfw"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("crnnfw: interrupted", file=sys.stderr)

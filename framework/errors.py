@@ -16,6 +16,11 @@ class CrnnfwError(Exception):
 
     exit_code = 2
 
+    def report(self, prog: str) -> str:
+        """What a command prints for this error: one ``PROG: error:`` line per line of the
+        message (a DataProblems has one per kind of problem), the class name if it has none."""
+        return "\n".join(f"{prog}: error: {line}" for line in str(self).splitlines() or [type(self).__name__])
+
 
 class ConfigError(CrnnfwError):
     """A config file or override is invalid."""

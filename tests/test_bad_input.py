@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -294,9 +296,6 @@ def test_bad_input_gets_one_clear_line(name, argv, expected, workspace, cli):
     ],
 )
 def test_a_benchmark_given_a_bad_key_or_run_ends_in_one_line(script, argv, tmp_path):
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
